@@ -1,0 +1,1 @@
+"""Act: rules that fire actions, and the measurement of their effect (built by later work)."""

@@ -1,0 +1,1 @@
+"""Analyze: metrics per segment, drift detection and issue clustering (built by later work)."""

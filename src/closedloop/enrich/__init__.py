@@ -1,0 +1,1 @@
+"""Enrich: joins, derived implicit measures, quality estimate and PII redaction."""

@@ -1,0 +1,102 @@
+"""The one exception hierarchy of closedloop.
+
+Every error that closedloop raises on purpose is a :class:`ClosedLoopError`::
+
+    * ClosedLoopError
+      x ConfigError            - a setting or argument is invalid; the message says the fix
+      x ContractError          - an event does not satisfy the wire contract
+      x AuthError              - a key is missing, malformed, unknown or revoked
+      x NotFound               - the object does not exist in the caller's project
+      x IngestError
+        + QueueFull            - the write queue is full; retry after a pause (HTTP 429)
+        + PayloadTooLarge      - the body or its decompressed form is over the limit (HTTP 413)
+      x StorageError
+        + StorageUnavailable   - the database cannot be reached; retry later (HTTP 503)
+      x JobError               - a background job failed
+      x ActionError            - an action failed
+
+At each boundary third-party exceptions are mapped to the most specific class with
+``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActionError",
+    "AuthError",
+    "ClosedLoopError",
+    "ConfigError",
+    "ContractError",
+    "IngestError",
+    "JobError",
+    "NotFound",
+    "PayloadTooLarge",
+    "QueueFull",
+    "StorageError",
+    "StorageUnavailable",
+]
+
+
+class ClosedLoopError(Exception):
+    """Base class of every error closedloop raises on purpose."""
+
+
+class ConfigError(ClosedLoopError):
+    """A setting or argument is invalid."""
+
+
+class ContractError(ClosedLoopError, ValueError):
+    """An event does not satisfy the wire contract.
+
+    ``field`` is the dotted path of the offending field (``body.model.name``), or ``""``
+    when the problem is the event as a whole.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+class AuthError(ClosedLoopError):
+    """A key is missing, malformed, unknown or revoked."""
+
+
+class NotFound(ClosedLoopError):
+    """The object does not exist in the caller's project."""
+
+
+class IngestError(ClosedLoopError):
+    """The ingest path could not take a batch."""
+
+
+class QueueFull(IngestError):
+    """The write queue is full: the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(IngestError):
+    """The request body, or its decompressed form, is over the configured limit."""
+
+
+class StorageError(ClosedLoopError):
+    """The store failed."""
+
+
+class StorageUnavailable(StorageError):
+    """The database cannot be reached: the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class JobError(ClosedLoopError):
+    """A background job failed."""
+
+
+class ActionError(ClosedLoopError):
+    """An action failed."""

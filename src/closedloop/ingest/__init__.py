@@ -1,0 +1,1 @@
+"""Ingest: the one path by which events enter closedloop, and the HTTP API around it."""

@@ -1,0 +1,204 @@
+"""The FastAPI application: ingest, read and operations routes around one :class:`Runtime`."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy.exc as sa_exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from closedloop import __version__
+from closedloop.errors import (
+    AuthError,
+    ContractError,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    StorageError,
+    StorageUnavailable,
+)
+from closedloop.ingest.body import UnsupportedMediaType
+from closedloop.ingest.problems import problem
+from closedloop.ingest.routes import events, ops, read
+from closedloop.runtime import Runtime
+from closedloop.settings import Settings, get_settings
+
+__all__ = ["create_app"]
+
+
+class _Timing:
+    """Pure ASGI middleware: request latency and count by route template."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            runtime: Runtime | None = getattr(scope["app"].state, "runtime", None)
+            if runtime is not None:
+                runtime.metrics.latency.labels(route=path).observe(time.perf_counter() - start)
+                runtime.metrics.requests.labels(route=path, status=str(status)).inc()
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(UnsupportedMediaType)
+    async def _media(_: Request, exc: UnsupportedMediaType) -> Response:
+        return problem(415, "Unsupported media type", f"{exc}", field=exc.field)
+
+    @app.exception_handler(ContractError)
+    async def _contract(_: Request, exc: ContractError) -> Response:
+        return problem(400, "Bad request", f"{exc}", field=exc.field or None)
+
+    @app.exception_handler(AuthError)
+    async def _auth(_: Request, exc: AuthError) -> Response:
+        return problem(
+            401,
+            "Unauthorized",
+            str(exc),
+            field="authorization",
+            headers={"www-authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> Response:
+        return problem(404, "Not found", str(exc))
+
+    @app.exception_handler(PayloadTooLarge)
+    async def _too_large(_: Request, exc: PayloadTooLarge) -> Response:
+        return problem(413, "Payload too large", str(exc), field="body")
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, exc: QueueFull) -> Response:
+        return problem(
+            429,
+            "Too many requests",
+            str(exc),
+            headers={"retry-after": str(max(1, round(exc.retry_after)))},
+        )
+
+    @app.exception_handler(StorageUnavailable)
+    async def _unavailable(_: Request, exc: StorageUnavailable) -> Response:
+        return problem(
+            503,
+            "Service unavailable",
+            str(exc),
+            headers={"retry-after": str(max(1, round(exc.retry_after)))},
+        )
+
+    @app.exception_handler(sa_exc.OperationalError)
+    async def _db_down(_: Request, exc: sa_exc.OperationalError) -> Response:
+        return problem(
+            503,
+            "Service unavailable",
+            "the database cannot be reached; retry after the Retry-After delay",
+            headers={"retry-after": "5"},
+        )
+
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError) -> Response:
+        return problem(
+            503,
+            "Service unavailable",
+            f"{exc}; nothing of this batch was stored, retry it",
+            headers={"retry-after": "5"},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
+        return problem(
+            400,
+            "Bad request",
+            f"{first.get('msg', 'invalid value')}; fix the parameter and retry",
+            field=".".join(loc) or None,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        titles = {404: "Not found", 405: "Method not allowed"}
+        return problem(
+            exc.status_code,
+            titles.get(exc.status_code, "Error"),
+            str(exc.detail),
+            headers=dict(exc.headers or {}),
+        )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """OpenAPI with the batch body documented: the route decodes raw bytes with msgspec."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    body_schema, components = events.batch_schema_components()
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+    post = schema["paths"]["/v1/events"]["post"]
+    post["requestBody"] = {
+        "required": True,
+        "content": {"application/json": {"schema": body_schema}},
+    }
+    post.pop("x-closedloop-batch", None)
+    schema["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "A project key."}
+    }
+    schema["security"] = [{"bearer": []}]
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: Runtime | None = None,
+    load_plugins: bool = True,
+) -> FastAPI:
+    """The API application. Its lifespan starts the runtime and drains it on shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = runtime or Runtime.build(settings or get_settings(), load_plugins=load_plugins)
+        rt.start()
+        app.state.runtime = rt
+        try:
+            yield
+        finally:
+            rt.stop()
+
+    app = FastAPI(
+        title="closedloop",
+        version=__version__,
+        description="Capture AI interactions and the feedback on them; see `/v1/schema`.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(_Timing)
+    _handlers(app)
+    app.include_router(events.router)
+    app.include_router(read.router)
+    app.include_router(ops.router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

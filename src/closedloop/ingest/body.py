@@ -1,0 +1,58 @@
+"""Read a request body within limits, before and after gzip decompression."""
+
+from __future__ import annotations
+
+import zlib
+
+from fastapi import Request
+
+from closedloop.errors import ContractError, PayloadTooLarge
+
+__all__ = ["UnsupportedMediaType", "read_body"]
+
+
+class UnsupportedMediaType(ContractError):
+    """The Content-Type or Content-Encoding is not one the endpoint takes."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, decompressed if gzip, never more than ``limit`` bytes in memory.
+
+    A gzip bomb stops at ``limit + 1`` decompressed bytes.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise UnsupportedMediaType(
+            "content-type",
+            f"is {ctype or 'missing'}; send `Content-Type: application/json`",
+        )
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise UnsupportedMediaType(
+            "content-encoding", f"{encoding!r} is not supported; send gzip or no encoding"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; the limit is {limit}: send smaller batches"
+        )
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body is over {limit} bytes: send smaller batches")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if encoding == "identity":
+        return raw
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        raise ContractError("content-encoding", f"the gzip body is corrupt: {exc}") from exc
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the body decompresses to over {limit} bytes: send smaller batches")
+    if not inflater.eof:
+        raise ContractError("content-encoding", "the gzip body is truncated")
+    return out

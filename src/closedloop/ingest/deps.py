@@ -1,0 +1,47 @@
+"""Request dependencies: the runtime, the caller's key, capacity checks."""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from closedloop.errors import AuthError, QueueFull
+from closedloop.runtime import Runtime
+from closedloop.types import ProjectKey
+
+__all__ = ["get_runtime", "is_not_at_capacity", "require_key", "require_secret_key"]
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The process runtime, set by the app's lifespan."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("send `Authorization: Bearer <key>` with a project key")
+    return token.strip()
+
+
+def require_key(request: Request) -> ProjectKey:
+    """The verified key of the request (public or secret)."""
+    return get_runtime(request).verify(_bearer(request))
+
+
+def require_secret_key(request: Request) -> ProjectKey:
+    """The verified secret key of the request; a public key may not read."""
+    key = require_key(request)
+    if key.kind != "secret":
+        raise AuthError(
+            "this endpoint needs the project's secret key; the public key may only send "
+            "feedback and signals"
+        )
+    return key
+
+
+def is_not_at_capacity(request: Request) -> None:
+    """Refuse before the body is read or the database touched when the write queue is full."""
+    if get_runtime(request).committer.at_capacity:
+        raise QueueFull("the write queue is full; retry after the Retry-After delay")

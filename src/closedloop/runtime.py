@@ -1,0 +1,141 @@
+"""The parts of a running server, built from settings and wired together in one place."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from closedloop.enrich.redact import load_redactors
+from closedloop.errors import AuthError
+from closedloop.ingest.committer import GroupCommitter
+from closedloop.ingest.metrics import IngestMetrics
+from closedloop.ingest.pipeline import Ingestor
+from closedloop.plugins import get_plugin_manager
+from closedloop.settings import Settings
+from closedloop.store import migrate
+from closedloop.store.db import create_engine
+from closedloop.store.jobs import JobQueue
+from closedloop.store.projects import Projects, hash_key
+from closedloop.types import ProjectKey
+from closedloop.worker import Worker, builtin_handlers
+
+__all__ = ["KeyCache", "Runtime"]
+
+
+class KeyCache:
+    """Verified keys cached for ``ttl`` seconds, so a request costs no key lookup."""
+
+    def __init__(self, projects: Projects, ttl: float) -> None:
+        self.projects = projects
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, ProjectKey]] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, key: str) -> ProjectKey:
+        """The project a key opens (raises :class:`AuthError`)."""
+        digest = hash_key(key)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        verified = self.projects.verify(key)
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[digest] = (now + self.ttl, verified)
+        return verified
+
+    def clear(self) -> None:
+        """Forget every cached key (after a rotation or revocation in this process)."""
+        with self._lock:
+            self._cache.clear()
+
+    def origins(self) -> set[str]:
+        """Every origin any project allows (for CORS preflights)."""
+        return {o for p in self.projects.all() for o in p.cors_origins}
+
+
+@dataclass
+class Runtime:
+    """Everything a server process runs; ``start()``/``stop()`` bracket its life."""
+
+    settings: Settings
+    engine: Engine
+    metrics: IngestMetrics
+    committer: GroupCommitter
+    ingestor: Ingestor
+    projects: Projects
+    keys: KeyCache
+    jobs: JobQueue
+    worker: Worker | None = None
+    _worker_thread: threading.Thread | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings, *, load_plugins: bool = True) -> Runtime:
+        """Build every part from ``settings`` (nothing starts yet)."""
+        engine = create_engine(
+            settings.resolved_database_url(), sqlite_synchronous=settings.sqlite_synchronous
+        )
+        metrics = IngestMetrics()
+        committer = GroupCommitter(
+            engine,
+            max_queue_events=settings.write_queue_events,
+            max_group_events=settings.group_commit_events,
+            on_depth=metrics.queue_depth.set,
+        )
+        ingestor = Ingestor(
+            committer, metrics, redactors=load_redactors(load_entrypoints=load_plugins)
+        )
+        projects = Projects(engine)
+        jobs = JobQueue(engine)
+        worker = None
+        if settings.run_worker:
+            handlers = builtin_handlers(engine, settings.replay_window_hours)
+            for extra in get_plugin_manager(
+                load_entrypoints=load_plugins
+            ).hook.register_job_handlers():
+                handlers.update(extra)
+            worker = Worker(
+                jobs,
+                handlers,
+                lease_seconds=settings.job_lease_seconds,
+                poll_seconds=settings.job_poll_seconds,
+            )
+        return cls(
+            settings=settings,
+            engine=engine,
+            metrics=metrics,
+            committer=committer,
+            ingestor=ingestor,
+            projects=projects,
+            keys=KeyCache(projects, settings.auth_cache_seconds),
+            jobs=jobs,
+            worker=worker,
+        )
+
+    def start(self) -> None:
+        """Migrate (if configured), start the group committer and the in-process worker."""
+        if self.settings.auto_migrate:
+            migrate.upgrade(self.engine)
+        self.committer.start()
+        if self.worker is not None:
+            self._worker_thread = self.worker.start_thread()
+
+    def stop(self) -> None:
+        """Drain the write queue, stop the worker, close the pool."""
+        self.committer.stop()
+        if self.worker is not None:
+            self.worker.stop()
+            if self._worker_thread is not None:
+                self._worker_thread.join(10)
+        self.engine.dispose()
+
+    def verify(self, key: str) -> ProjectKey:
+        """Verify a bearer key (cached)."""
+        if not key:
+            raise AuthError("send `Authorization: Bearer <key>` with a project key")
+        return self.keys.verify(key)

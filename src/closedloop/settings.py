@@ -1,0 +1,153 @@
+"""Process settings: ``CLOSEDLOOP_*`` variables, an optional TOML file, then defaults.
+
+Precedence: explicit argument, then environment, then ``.env``, then the config file
+(``CLOSEDLOOP_CONFIG_FILE``, default ``<data_dir>/closedloop.toml`` when it exists), then the
+default. The embedded default needs no configuration: everything lives under ``data_dir``.
+
+>>> s = Settings(data_dir="/tmp/cl-doc")
+>>> s.resolved_database_url()
+'sqlite:////tmp/cl-doc/closedloop.db'
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "default_data_dir", "get_settings"]
+
+
+def default_data_dir() -> Path:
+    """``~/.closedloop`` unless ``CLOSEDLOOP_DATA_DIR`` says otherwise."""
+    return Path("~/.closedloop").expanduser()
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("CLOSEDLOOP_CONFIG_FILE")
+    if explicit:
+        return Path(explicit).expanduser()
+    data_dir = os.environ.get("CLOSEDLOOP_DATA_DIR")
+    candidate = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    path = candidate / "closedloop.toml"
+    return path if path.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Every process setting, with its unit and default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLOSEDLOOP_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Folder for the SQLite file, the lake, indexes, spool and exports "
+        "(default ~/.closedloop).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the hot store; default sqlite:///<data_dir>/closedloop.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
+    port: int = Field(default=8484, ge=0, le=65535, description="Port `serve` listens on.")
+    sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
+        default="FULL",
+        description="SQLite synchronous pragma. FULL (default) survives power loss in WAL mode; "
+        "NORMAL may lose the last commits on power loss.",
+    )
+    max_body_bytes: int = Field(
+        default=5 * 1024 * 1024,
+        gt=0,
+        description="Largest request body accepted, in bytes, before and after gzip "
+        "decompression (default 5 MiB).",
+    )
+    max_batch_events: int = Field(
+        default=1000, gt=0, le=10_000, description="Most events in one batch (default 1000)."
+    )
+    write_queue_events: int = Field(
+        default=20_000,
+        gt=0,
+        description="Most events waiting for the group commit; beyond it requests get 429 "
+        "(default 20000, about 30 MB of 1.5 KB events).",
+    )
+    group_commit_events: int = Field(
+        default=4000,
+        gt=0,
+        description="Most events written in one group-commit transaction (default 4000).",
+    )
+    replay_window_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="How long event ids are remembered for de-duplication after their rows "
+        "leave the hot store, in hours (default 72: at least the SDK spool's replay window).",
+    )
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a verified key stays cached in a process, in seconds (default 5); "
+        "a revocation reaches other processes within this time.",
+    )
+    auto_migrate: bool = Field(
+        default=True,
+        description="Upgrade the schema when `serve`/`worker` start (default true). With many "
+        "processes on PostgreSQL, set false and run `closedloop db upgrade` once.",
+    )
+    run_worker: bool = Field(
+        default=True,
+        description="Run the job worker inside `serve` (default true: the embedded default).",
+    )
+    job_lease_seconds: float = Field(
+        default=60.0, gt=0, description="How long a worker holds a job before others may retry it."
+    )
+    job_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle worker looks for jobs, in seconds."
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Reserved for instance administration over HTTP; unset disables it.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of server processes."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to the SQLite file in the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'closedloop.db'}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Store: the hot relational tier (SQLite embedded, PostgreSQL in production)."""

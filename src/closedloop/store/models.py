@@ -1,0 +1,144 @@
+"""Tables of the hot store (SQLAlchemy Core).
+
+The migrations in ``store/migrations/versions`` create exactly these tables; a test compares
+them. Filterable scalars are columns; each event's whole body is kept as JSON text in ``body``.
+Timestamps are stored in UTC.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = [
+    "api_keys",
+    "event_ids",
+    "feedback",
+    "interactions",
+    "jobs",
+    "metadata",
+    "projects",
+    "signals",
+]
+
+metadata = sa.MetaData()
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Ts = sa.DateTime(timezone=True)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("cors_origins", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column(
+        "project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("lookup", sa.String(32), nullable=False, unique=True),
+    sa.Column("key_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("revoked_at", Ts, nullable=True),
+)
+
+# The id ledger: one row per accepted event id, kept for the replay window even after the
+# event's row leaves the hot store. Its primary key is what makes ingest effectively-once.
+event_ids = sa.Table(
+    "event_ids",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("event_id", sa.String(128), primary_key=True),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+)
+
+interactions = sa.Table(
+    "interactions",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("ts", Ts, nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+    sa.Column("session_id", sa.String(128)),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("model_name", sa.String(256)),
+    sa.Column("model_version", sa.String(256)),
+    sa.Column("model_provider", sa.String(256)),
+    sa.Column("prompt_name", sa.String(256)),
+    sa.Column("prompt_version", sa.String(256)),
+    sa.Column("latency_ms", sa.Float),
+    sa.Column("tokens_input", sa.Integer),
+    sa.Column("tokens_output", sa.Integer),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_interactions_project_ts", "project_id", "ts", "id"),
+    sa.Index("ix_interactions_project_session", "project_id", "session_id"),
+    sa.Index("ix_interactions_project_user", "project_id", "user_id"),
+)
+
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("ts", Ts, nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+    sa.Column("interaction_id", sa.String(128), nullable=False),
+    sa.Column("thumbs", sa.SmallInteger),
+    sa.Column("rating", sa.Float),
+    sa.Column("rating_min", sa.Float),
+    sa.Column("rating_max", sa.Float),
+    sa.Column("label", sa.String(256)),
+    sa.Column("correction", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("given_by", sa.String(128)),
+    sa.Column("session_id", sa.String(128)),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_feedback_project_interaction", "project_id", "interaction_id"),
+    sa.Index("ix_feedback_project_ts", "project_id", "ts"),
+)
+
+signals = sa.Table(
+    "signals",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("ts", Ts, nullable=False),
+    sa.Column("received_at", Ts, nullable=False),
+    sa.Column("interaction_id", sa.String(128), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("session_id", sa.String(128)),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_signals_project_interaction", "project_id", "interaction_id"),
+    sa.Index("ix_signals_project_ts", "project_id", "ts"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("project_id", sa.Integer),
+    sa.Column("payload", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="5"),
+    sa.Column("run_at", Ts, nullable=False),
+    sa.Column("lease_until", Ts),
+    sa.Column("leased_by", sa.String(128)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("unique_key", sa.String(255), unique=True),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("finished_at", Ts),
+    sa.Index("ix_jobs_state_run_at", "state", "run_at"),
+)

@@ -1,0 +1,241 @@
+"""Read queries of the hot store, always scoped by project.
+
+Lists page with an opaque cursor over ``(ts, id)``, newest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from closedloop.errors import ContractError, NotFound
+from closedloop.events import FEEDBACK_KINDS
+from closedloop.store import models
+from closedloop.store.db import utc
+
+__all__ = [
+    "InteractionFilter",
+    "Page",
+    "decode_cursor",
+    "encode_cursor",
+    "get_feedback",
+    "get_interaction",
+    "get_signal",
+    "list_feedback",
+    "list_interactions",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InteractionFilter:
+    """Filters of the interaction list; every one is optional."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    model: str | None = None
+    model_version: str | None = None
+    prompt: str | None = None
+    prompt_version: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    feedback_kind: str | None = None
+    feedback_value: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    """One page of results and the cursor of the next (``None`` at the end)."""
+
+    data: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def encode_cursor(ts: dt.datetime, id: str) -> str:
+    """An opaque cursor for the position after ``(ts, id)``."""
+    raw = json.dumps([ts.isoformat(), id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    """The position an opaque cursor stands for.
+
+    >>> when = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    >>> decode_cursor(encode_cursor(when, "a")) == (when, "a")
+    True
+    """
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        ts, id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return dt.datetime.fromisoformat(ts), str(id)
+    except (ValueError, TypeError) as exc:
+        raise ContractError(
+            "cursor", "is not a cursor this API issued; pass next_cursor unchanged"
+        ) from exc
+
+
+def _when(value: Any) -> str | None:
+    ts = utc(value)
+    return ts.isoformat() if ts is not None else None
+
+
+def _interaction(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": _when(row.ts),
+        "received_at": _when(row.received_at),
+        **json.loads(row.body),
+    }
+
+
+def _event(row: Row[Any]) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "timestamp": _when(row.ts),
+        "received_at": _when(row.received_at),
+        **json.loads(row.body),
+    }
+
+
+def _feedback_condition(kind: str, value: str | None) -> sa.ColumnElement[bool]:
+    fb = models.feedback
+    if kind not in FEEDBACK_KINDS:
+        raise ContractError("feedback_kind", f"use one of {', '.join(FEEDBACK_KINDS)}")
+    column = fb.c[kind]
+    cond: sa.ColumnElement[bool] = column.is_not(None)
+    if value is not None:
+        if kind in ("thumbs", "rating"):
+            try:
+                number = float(value)
+            except ValueError as exc:
+                raise ContractError("feedback_value", f"must be a number for {kind}") from exc
+            cond = column == number
+        elif kind == "label":
+            cond = column == value
+        else:
+            raise ContractError(
+                "feedback_value", "applies to thumbs, rating and label only; drop it"
+            )
+    return cond
+
+
+def list_interactions(
+    conn: Connection,
+    project_id: int,
+    filters: InteractionFilter,
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Interactions of ``project_id`` matching ``filters``, newest first."""
+    t = models.interactions
+    query = sa.select(t).where(t.c.project_id == project_id)
+    simple = {
+        "model": t.c.model_name,
+        "model_version": t.c.model_version,
+        "prompt": t.c.prompt_name,
+        "prompt_version": t.c.prompt_version,
+        "user_id": t.c.user_id,
+        "session_id": t.c.session_id,
+    }
+    for name, column in simple.items():
+        value = getattr(filters, name)
+        if value is not None:
+            query = query.where(column == value)
+    if filters.since is not None:
+        query = query.where(t.c.ts >= filters.since)
+    if filters.until is not None:
+        query = query.where(t.c.ts < filters.until)
+    if filters.feedback_kind is not None:
+        fb = models.feedback
+        query = query.where(
+            sa.exists().where(
+                fb.c.project_id == project_id,
+                fb.c.interaction_id == t.c.id,
+                _feedback_condition(filters.feedback_kind, filters.feedback_value),
+            )
+        )
+    elif filters.feedback_value is not None:
+        raise ContractError("feedback_value", "needs feedback_kind; add feedback_kind=thumbs")
+    if cursor is not None:
+        ts, id = decode_cursor(cursor)
+        query = query.where(sa.or_(t.c.ts < ts, sa.and_(t.c.ts == ts, t.c.id < id)))
+    rows = conn.execute(query.order_by(t.c.ts.desc(), t.c.id.desc()).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(utc(last.ts) or last.ts, last.id)
+    return Page(data=[_interaction(r) for r in rows], next_cursor=next_cursor)
+
+
+def get_interaction(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
+    """One interaction with its feedback and signals (arrived before or after it)."""
+    t = models.interactions
+    row = conn.execute(sa.select(t).where(t.c.project_id == project_id, t.c.id == id)).first()
+    if row is None:
+        raise NotFound(f"no interaction {id!r} in this project")
+    out = _interaction(row)
+    for key, table in (("feedback", models.feedback), ("signals", models.signals)):
+        rows = conn.execute(
+            sa.select(table)
+            .where(table.c.project_id == project_id, table.c.interaction_id == id)
+            .order_by(table.c.ts, table.c.id)
+        )
+        out[key] = [_event(r) for r in rows]
+    return out
+
+
+def _get_one(conn: Connection, table: sa.Table, project_id: int, id: str, what: str) -> Any:
+    row = conn.execute(
+        sa.select(table).where(table.c.project_id == project_id, table.c.id == id)
+    ).first()
+    if row is None:
+        raise NotFound(f"no {what} {id!r} in this project")
+    return row
+
+
+def get_feedback(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
+    """One feedback event."""
+    return _event(_get_one(conn, models.feedback, project_id, id, "feedback"))
+
+
+def get_signal(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
+    """One signal event."""
+    return _event(_get_one(conn, models.signals, project_id, id, "signal"))
+
+
+def list_feedback(
+    conn: Connection,
+    project_id: int,
+    *,
+    interaction_id: str | None = None,
+    orphaned: bool | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page:
+    """Feedback of a project, newest first; ``orphaned=True`` keeps feedback whose
+    interaction has not arrived (yet)."""
+    fb, t = models.feedback, models.interactions
+    query = sa.select(fb).where(fb.c.project_id == project_id)
+    if interaction_id is not None:
+        query = query.where(fb.c.interaction_id == interaction_id)
+    if orphaned is not None:
+        has = sa.exists().where(t.c.project_id == project_id, t.c.id == fb.c.interaction_id)
+        query = query.where(~has if orphaned else has)
+    if cursor is not None:
+        ts, id = decode_cursor(cursor)
+        query = query.where(sa.or_(fb.c.ts < ts, sa.and_(fb.c.ts == ts, fb.c.id < id)))
+    rows = conn.execute(query.order_by(fb.c.ts.desc(), fb.c.id.desc()).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        next_cursor = encode_cursor(utc(rows[-1].ts) or rows[-1].ts, rows[-1].id)
+    return Page(data=[_event(r) for r in rows], next_cursor=next_cursor)

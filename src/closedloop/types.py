@@ -1,0 +1,77 @@
+"""Values passed between stages: frozen dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from closedloop.events import Event
+
+__all__ = [
+    "BatchResult",
+    "EventResult",
+    "KeyKind",
+    "PreparedEvent",
+    "ProjectKey",
+    "Redactor",
+]
+
+KeyKind = Literal["public", "secret"]
+
+Redactor = Callable[[Event], Event]
+"""A synchronous redaction step: takes a decoded event, returns it with PII removed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProjectKey:
+    """A verified API key: which project it opens and how far."""
+
+    project_id: int
+    project_name: str
+    kind: KeyKind
+    key_id: int
+    cors_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PreparedEvent:
+    """A decoded, validated, redacted event, ready for the group commit."""
+
+    project_id: int
+    event_id: str
+    type: str
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventResult:
+    """The outcome of one event: ``stored``, ``duplicate`` or ``rejected`` (with the field)."""
+
+    id: str | None
+    status: Literal["stored", "duplicate", "rejected"]
+    field: str | None = None
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-event result of the HTTP answer."""
+        out: dict[str, Any] = {"id": self.id, "status": self.status}
+        if self.status == "rejected":
+            out["error"] = {"field": self.field, "message": self.message}
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResult:
+    """The outcome of one batch, in the order the events came."""
+
+    results: tuple[EventResult, ...] = field(default_factory=tuple)
+
+    def count(self, status: str) -> int:
+        """How many events ended with ``status``."""
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def all_stored(self) -> bool:
+        """Whether every event of the batch was stored."""
+        return all(r.status == "stored" for r in self.results)
