@@ -1,0 +1,292 @@
+"""``closedloop demo``: a real server on the embedded default, fed a realistic sample.
+
+The sample: users ask an intent assistant questions from the shipped CLINC150/Banking77
+slice; the assistant answers right most of the time; users react as users do: most say
+nothing, some click thumbs, a few correct, many copy, edit, regenerate, rephrase or leave.
+Everything goes through the real HTTP API, some feedback before its interaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from closedloop.errors import ClosedLoopError, NotFound
+from closedloop.sample import Utterance, load_utterances
+from closedloop.sdk.envelope import make_event, new_id
+from closedloop.settings import Settings
+
+__all__ = ["DemoReport", "build_sample_events", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    """What the demo sent and what the server answered."""
+
+    base_url: str
+    sent: dict[str, int]
+    statuses: dict[str, int]
+    resent_duplicates: int
+
+
+def _answer(intent: str) -> str:
+    topic = intent.replace("_", " ").lower()
+    return f"Here is how I can help with {topic}: I have opened the {topic} steps for you."
+
+
+def build_sample_events(n: int = 300, seed: int = 7) -> list[dict[str, Any]]:
+    """Interactions with explicit and implicit feedback, in sending order (seeded).
+
+    >>> events = build_sample_events(50, seed=1)
+    >>> sorted({e["type"] for e in events})
+    ['feedback', 'interaction', 'signal']
+    """
+    rng = random.Random(seed)
+    pool = [u for u in load_utterances() if u.split != "train"]
+    by_intent: dict[str, list[Utterance]] = {}
+    for u in pool:
+        by_intent.setdefault(u.intent, []).append(u)
+    intents = sorted(by_intent)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    events: list[dict[str, Any]] = []
+    users = [f"user-{i:03d}" for i in range(max(5, n // 8))]
+    session_of: dict[str, str] = {}
+    for i in range(n):
+        when = start + dt.timedelta(seconds=i * 7200 / n)
+        user = rng.choice(users)
+        if user not in session_of or rng.random() < 0.3:
+            session_of[user] = new_id()
+        utterance = rng.choice(pool)
+        version = "v2" if i > n // 2 else "v1"
+        right = rng.random() < (0.85 if version == "v2" else 0.7)
+        predicted = utterance.intent if right else rng.choice(intents)
+        right = predicted == utterance.intent
+        interaction_id = new_id()
+        output = _answer(predicted)
+        interaction = make_event(
+            "interaction",
+            {
+                "session_id": session_of[user],
+                "user_id": user,
+                "model": {"name": "intent-assistant", "version": version, "provider": "local"},
+                "prompt": {"name": "support", "version": "3" if version == "v1" else "4"},
+                "input": [
+                    {"role": "system", "content": "You are a helpful support assistant."},
+                    {"role": "user", "content": utterance.text},
+                ],
+                "output": output,
+                "retrieved": [{"id": f"kb/{predicted}", "score": round(rng.uniform(0.5, 1), 3)}],
+                "latency_ms": round(rng.lognormvariate(6.2, 0.4), 1),
+                "tokens": {"input": 40 + len(utterance.text) // 4, "output": len(output) // 4},
+                "cost_usd": 0.0004,
+                "metadata": {"dataset": utterance.dataset, "plan": rng.choice(["free", "pro"])},
+                "tags": [utterance.dataset],
+            },
+            id=interaction_id,
+            timestamp=when,
+        )
+        later = when + dt.timedelta(seconds=rng.uniform(2, 60))
+        reactions: list[tuple[Literal["feedback", "signal"], dict[str, Any]]] = []
+        add = reactions.append
+        if rng.random() < 0.15:  # thumbs, a little noisy
+            good = right if rng.random() < 0.9 else not right
+            add(("feedback", {"thumbs": 1 if good else -1, "user_id": user}))
+        if rng.random() < 0.05:
+            add(("feedback", {"rating": 5 if right else rng.choice([1, 2]), "user_id": user}))
+        if not right and rng.random() < 0.08:
+            fix = {"correction": _answer(utterance.intent), "comment": "wrong topic", "thumbs": -1}
+            add(("feedback", fix))
+        if right and rng.random() < 0.25:
+            add(("signal", {"kind": "copy", "text": output}))
+        if not right:
+            roll = rng.random()
+            if roll < 0.15:
+                add(("signal", {"kind": "edit", "text": _answer(utterance.intent)}))
+            elif roll < 0.35:
+                add(("signal", {"kind": "regenerate"}))
+            elif roll < 0.5:
+                again = rng.choice(by_intent[utterance.intent]).text
+                add(("signal", {"kind": "rephrase", "text": again}))
+            elif roll < 0.6:
+                add(("signal", {"kind": "abandon"}))
+        if rng.random() < 0.1:
+            add(("signal", {"kind": "click", "target": f"kb/{predicted}", "rank": 0}))
+        if rng.random() < 0.2:
+            add(("signal", {"kind": "dwell", "duration_ms": round(rng.uniform(500, 30000))}))
+        follow = [
+            make_event(t, {"interaction_id": interaction_id, **body}, timestamp=later)
+            for t, body in reactions
+        ]
+        if follow and rng.random() < 0.1:  # the client raced: feedback before its interaction
+            events.extend(follow)
+            events.append(interaction)
+        else:
+            events.append(interaction)
+            events.extend(follow)
+    return events
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _keys(settings: Settings) -> tuple[str, str]:
+    from closedloop.store import migrate
+    from closedloop.store.db import create_engine
+    from closedloop.store.projects import Projects
+
+    engine = create_engine(settings.resolved_database_url())
+    try:
+        migrate.upgrade(engine)
+        projects = Projects(engine)
+        try:
+            projects.get("demo")
+        except NotFound:
+            _, public, secret = projects.create("demo")
+            return public, secret
+        return projects.rotate("demo", "public"), projects.rotate("demo", "secret")
+    finally:
+        engine.dispose()
+
+
+def run_demo(
+    settings: Settings,
+    console: Console,
+    *,
+    port: int = 0,
+    n: int = 300,
+    keep_serving: bool = False,
+) -> DemoReport:
+    """Serve in-process, send the sample over HTTP, print and return what was stored."""
+    import uvicorn
+
+    from closedloop.ingest.app import create_app
+
+    public, secret = _keys(settings)
+    port = port or _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="closedloop-demo-server", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ClosedLoopError(f"the demo server did not start on port {port}")
+        time.sleep(0.05)
+    console.print(f"closedloop demo: server on [bold]{base}[/] (data in {settings.data_dir})")
+    try:
+        report = _send_and_show(base, public, secret, n, console)
+        if keep_serving:
+            console.print(f"serving on {base} (API docs at {base}/docs); Ctrl+C stops")
+            while thread.is_alive():
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    return report
+
+
+def _send_and_show(base: str, public: str, secret: str, n: int, console: Console) -> DemoReport:
+    events = build_sample_events(n)
+    sent: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    auth = {"authorization": f"Bearer {secret}"}
+    browser = {"authorization": f"Bearer {public}"}
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for start in range(0, len(events), 100):
+            batch = events[start : start + 100]
+            # Feedback and signals could come from a browser with the public key; the
+            # interactions come from the app's backend with the secret key.
+            for key, part in (
+                (auth, [e for e in batch if e["type"] == "interaction"]),
+                (browser, [e for e in batch if e["type"] != "interaction"]),
+            ):
+                if not part:
+                    continue
+                answer = client.post("/v1/events", json={"events": part}, headers=key)
+                answer.raise_for_status()
+                for event, result in zip(part, answer.json()["results"], strict=True):
+                    sent[event["type"]] = sent.get(event["type"], 0) + 1
+                    statuses[result["status"]] = statuses.get(result["status"], 0) + 1
+        again = client.post("/v1/events", json={"events": events[:100]}, headers=auth).json()
+        down = client.get(
+            "/v1/interactions",
+            params={"feedback_kind": "thumbs", "feedback_value": -1, "limit": 3},
+            headers=auth,
+        ).json()["data"]
+        orphans = client.get("/v1/feedback", params={"orphaned": True}, headers=auth).json()
+        details = [client.get(f"/v1/interactions/{d['id']}", headers=auth).json() for d in down]
+        metrics = client.get("/metrics").text
+    table = Table("event type", "sent", title="what the demo sent through POST /v1/events")
+    for type_, count in sorted(sent.items()):
+        table.add_row(type_, str(count))
+    console.print(table)
+    console.print(
+        "stored: {stored}, duplicate: {duplicate}, rejected: {rejected}".format(
+            stored=statuses.get("stored", 0),
+            duplicate=statuses.get("duplicate", 0),
+            rejected=statuses.get("rejected", 0),
+        )
+    )
+    console.print(
+        f"re-sent the first 100 events: {again['duplicate']} answered duplicate, "
+        f"{again['stored']} stored again (effectively-once)"
+    )
+    console.print(f"feedback still waiting for its interaction: {len(orphans['data'])}")
+    shown = Table(
+        "interaction",
+        "user asked",
+        "assistant answered",
+        "feedback",
+        "signals",
+        title="thumbs-down interactions, read back through GET /v1/interactions",
+    )
+    for d in details:
+        question = d["input"][-1]["content"] if isinstance(d["input"], list) else d["input"]
+        shown.add_row(
+            d["id"][:13] + "...",
+            question,
+            d["output"],
+            ", ".join(_describe(f) for f in d["feedback"]),
+            ", ".join(s["kind"] for s in d["signals"]) or "-",
+        )
+    console.print(shown)
+    balance = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("closedloop_events_") and "_total" in line
+    ]
+    console.print(
+        "metrics: " + "; ".join(line.replace("closedloop_events_", "") for line in balance)
+    )
+    return DemoReport(
+        base_url=base, sent=sent, statuses=statuses, resent_duplicates=again["duplicate"]
+    )
+
+
+def _describe(feedback: dict[str, Any]) -> str:
+    parts = []
+    if "thumbs" in feedback:
+        parts.append("thumbs " + ("up" if feedback["thumbs"] > 0 else "down"))
+    if "rating" in feedback:
+        parts.append(f"rating {feedback['rating']:g}")
+    if "correction" in feedback:
+        parts.append("correction")
+    if "comment" in feedback:
+        parts.append(f"comment {feedback['comment']!r}")
+    return " + ".join(parts)
