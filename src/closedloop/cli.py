@@ -61,7 +61,7 @@ def serve(
     import uvicorn
 
     settings = _settings(host=host, port=port, run_worker=False if no_worker else None)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    _logging(settings)
     console.print(
         f"closedloop serving on [bold]http://{settings.host}:{settings.port}[/] "
         f"(database {_redacted(settings.resolved_database_url())}, data {settings.data_dir})"
@@ -74,6 +74,7 @@ def serve(
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
+            access_log=settings.access_log,
             timeout_graceful_shutdown=30,
         )
         return
@@ -85,8 +86,15 @@ def serve(
         port=settings.port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         timeout_graceful_shutdown=30,
     )
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":  # migration chatter at every start is noise
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _redacted(url: str) -> str:
@@ -101,7 +109,7 @@ def worker() -> None:
     from closedloop.runtime import Runtime
 
     settings = _settings(run_worker=True)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    _logging(settings)
     runtime = Runtime.build(settings)
     if settings.auto_migrate:
         from closedloop.store import migrate

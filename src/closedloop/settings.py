@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         default=None,
         description="Reserved for instance administration over HTTP; unset disables it.",
     )
+    access_log: bool = Field(
+        default=False,
+        description="Log every HTTP request (default false: /metrics counts requests by route "
+        "and status, and a log line per request costs ingest throughput).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of server processes."
     )
