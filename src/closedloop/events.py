@@ -94,7 +94,8 @@ EventId = Annotated[
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=LIMITS.name_length)]
 Text = Annotated[str, msgspec.Meta(max_length=LIMITS.text_length)]
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=LIMITS.tag_length)]
-NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+Finite = Annotated[float, msgspec.Meta(ge=-1e12, le=1e12)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
 Timestamp = Annotated[
     dt.datetime, msgspec.Meta(tz=True, description="RFC 3339 timestamp with a UTC offset.")
@@ -154,7 +155,7 @@ class RetrievedDocument(msgspec.Struct, forbid_unknown_fields=True, omit_default
     """A document the answer was grounded on (RAG)."""
 
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=LIMITS.name_length)]
-    score: float | None = None
+    score: Finite | None = None
     text: Text | None = None
     source: Name | None = None
 
@@ -198,9 +199,9 @@ class Feedback(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 
     interaction_id: EventId
     thumbs: int | None = None
-    rating: float | None = None
-    rating_min: float = 1.0
-    rating_max: float = 5.0
+    rating: Finite | None = None
+    rating_min: Finite = 1.0
+    rating_max: Finite = 5.0
     label: Name | None = None
     correction: Text | None = None
     comment: Text | None = None
