@@ -72,11 +72,24 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         ts, id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        return dt.datetime.fromisoformat(ts), str(id)
+        when, key = dt.datetime.fromisoformat(ts), str(id)
+        if "\x00" in key:
+            raise ValueError("a NUL character in the id")
+        # compare instants in UTC: SQLite stores UTC wall time and drops any other offset
+        when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+        return when, key
     except (ValueError, TypeError) as exc:
         raise ContractError(
             "cursor", "is not a cursor this API issued; pass next_cursor unchanged"
         ) from exc
+
+
+def _text(field: str, value: str) -> str:
+    """``value``, refused when it holds a NUL: no stored text has one (ingest rejects it) and
+    PostgreSQL cannot even compare with it."""
+    if "\x00" in value:
+        raise ContractError(field, "contains a NUL character (U+0000); remove it")
+    return value
 
 
 def _when(value: Any) -> str | None:
@@ -116,7 +129,7 @@ def _feedback_condition(kind: str, value: str | None) -> sa.ColumnElement[bool]:
                 raise ContractError("feedback_value", f"must be a number for {kind}") from exc
             cond = column == number
         elif kind == "label":
-            cond = column == value
+            cond = column == _text("feedback_value", value)
         else:
             raise ContractError(
                 "feedback_value", "applies to thumbs, rating and label only; drop it"
@@ -146,11 +159,12 @@ def list_interactions(
     for name, column in simple.items():
         value = getattr(filters, name)
         if value is not None:
-            query = query.where(column == value)
+            query = query.where(column == _text(name, value))
+    # in UTC, naive as UTC: SQLite stores UTC wall time and would drop any other offset
     if filters.since is not None:
-        query = query.where(t.c.ts >= filters.since)
+        query = query.where(t.c.ts >= utc(filters.since))
     if filters.until is not None:
-        query = query.where(t.c.ts < filters.until)
+        query = query.where(t.c.ts < utc(filters.until))
     if filters.feedback_kind is not None:
         fb = models.feedback
         query = query.where(
@@ -178,7 +192,9 @@ def list_interactions(
 def get_interaction(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
     """One interaction with its feedback and signals (arrived before or after it)."""
     t = models.interactions
-    row = conn.execute(sa.select(t).where(t.c.project_id == project_id, t.c.id == id)).first()
+    row = conn.execute(
+        sa.select(t).where(t.c.project_id == project_id, t.c.id == _text("interaction_id", id))
+    ).first()
     if row is None:
         raise NotFound(f"no interaction {id!r} in this project")
     out = _interaction(row)
@@ -194,7 +210,9 @@ def get_interaction(conn: Connection, project_id: int, id: str) -> dict[str, Any
 
 def _get_one(conn: Connection, table: sa.Table, project_id: int, id: str, what: str) -> Any:
     row = conn.execute(
-        sa.select(table).where(table.c.project_id == project_id, table.c.id == id)
+        sa.select(table).where(
+            table.c.project_id == project_id, table.c.id == _text(f"{what}_id", id)
+        )
     ).first()
     if row is None:
         raise NotFound(f"no {what} {id!r} in this project")
@@ -225,7 +243,7 @@ def list_feedback(
     fb, t = models.feedback, models.interactions
     query = sa.select(fb).where(fb.c.project_id == project_id)
     if interaction_id is not None:
-        query = query.where(fb.c.interaction_id == interaction_id)
+        query = query.where(fb.c.interaction_id == _text("interaction_id", interaction_id))
     if orphaned is not None:
         has = sa.exists().where(t.c.project_id == project_id, t.c.id == fb.c.interaction_id)
         query = query.where(~has if orphaned else has)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from closedloop.events import FEEDBACK_KINDS
 from closedloop.ingest.deps import get_runtime, require_secret_key
@@ -21,7 +21,7 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size (1-500).")]
 Cursor = Annotated[
     str | None, Query(max_length=1024, description="`next_cursor` of the last page.")
 ]
-Id = Annotated[str, Query(max_length=128)]
+PathId = Annotated[str, Path(min_length=1, max_length=128, description="The event id.")]
 
 
 @router.get("/interactions", summary="List interactions, newest first")
@@ -63,7 +63,7 @@ def list_interactions(
 
 
 @router.get("/interactions/{interaction_id}", summary="One interaction with feedback and signals")
-def get_interaction(request: Request, key: Key, interaction_id: str) -> dict[str, Any]:
+def get_interaction(request: Request, key: Key, interaction_id: PathId) -> dict[str, Any]:
     with get_runtime(request).engine.connect() as conn:
         return queries.get_interaction(conn, key.project_id, interaction_id)
 
@@ -92,13 +92,13 @@ def list_feedback(
 
 
 @router.get("/feedback/{feedback_id}", summary="One feedback event")
-def get_feedback(request: Request, key: Key, feedback_id: str) -> dict[str, Any]:
+def get_feedback(request: Request, key: Key, feedback_id: PathId) -> dict[str, Any]:
     with get_runtime(request).engine.connect() as conn:
         return queries.get_feedback(conn, key.project_id, feedback_id)
 
 
 @router.get("/signals/{signal_id}", summary="One signal event")
-def get_signal(request: Request, key: Key, signal_id: str) -> dict[str, Any]:
+def get_signal(request: Request, key: Key, signal_id: PathId) -> dict[str, Any]:
     with get_runtime(request).engine.connect() as conn:
         return queries.get_signal(conn, key.project_id, signal_id)
 
