@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,8 +59,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the hot store; default sqlite:///<data_dir>/closedloop.db. "
         "PostgreSQL: postgresql+psycopg://user@host:5432/db.",
     )
-    host: str = Field(default="127.0.0.1", description="Address `serve` binds to.")
-    port: int = Field(default=8484, ge=0, le=65535, description="Port `serve` listens on.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address `serve` binds to (default 127.0.0.1; 0.0.0.0 for every interface).",
+    )
+    port: int = Field(
+        default=8484, ge=0, le=65535, description="TCP port `serve` listens on (default 8484)."
+    )
     sqlite_synchronous: Literal["FULL", "EXTRA", "NORMAL"] = Field(
         default="FULL",
         description="SQLite synchronous pragma. FULL (default) survives power loss in WAL mode; "
@@ -108,14 +113,13 @@ class Settings(BaseSettings):
         description="Run the job worker inside `serve` (default true: the embedded default).",
     )
     job_lease_seconds: float = Field(
-        default=60.0, gt=0, description="How long a worker holds a job before others may retry it."
+        default=60.0,
+        gt=0,
+        description="How long a worker holds a job before others may retry it, in seconds "
+        "(default 60).",
     )
     job_poll_seconds: float = Field(
-        default=1.0, gt=0, description="How often an idle worker looks for jobs, in seconds."
-    )
-    admin_token: SecretStr | None = Field(
-        default=None,
-        description="Reserved for instance administration over HTTP; unset disables it.",
+        default=1.0, gt=0, description="How often an idle worker looks for jobs, in seconds (default 1)."
     )
     access_log: bool = Field(
         default=False,
@@ -123,7 +127,7 @@ class Settings(BaseSettings):
         "and status, and a log line per request costs ingest throughput).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level of server processes."
+        default="INFO", description="Log level of server processes (default INFO)."
     )
 
     @classmethod

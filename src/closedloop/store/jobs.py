@@ -65,7 +65,9 @@ class JobQueue:
         unique_key: str | None = None,
     ) -> int | None:
         """Add a job; with ``unique_key``, a second enqueue of the same key is a no-op
-        (returns ``None``)."""
+        (returns ``None``). ``run_at`` must be timezone-aware; it is stored in UTC."""
+        if run_at is not None and run_at.utcoffset() is None:
+            raise ValueError("run_at must be timezone-aware: pass e.g. datetime.now(datetime.UTC)")
         now = utcnow()
         values = {
             "kind": kind,
@@ -74,7 +76,7 @@ class JobQueue:
             "state": QUEUED,
             "attempts": 0,
             "max_attempts": max_attempts,
-            "run_at": run_at or now,
+            "run_at": run_at.astimezone(dt.UTC) if run_at is not None else now,
             "unique_key": unique_key,
             "created_at": now,
         }
@@ -141,7 +143,8 @@ class JobQueue:
     def fail(self, job: Job, error: str) -> str:
         """Record a failure: retry later with backoff, or ``dead`` after the last attempt.
 
-        Returns the job's new state.
+        Returns the job's new state, or ``"lost"`` when another worker holds its lease now
+        (nothing is changed then).
         """
         j = models.jobs
         now = utcnow()
@@ -151,12 +154,12 @@ class JobQueue:
             delay = random.uniform(0, self.backoff_seconds * 2 ** (job.attempts - 1))
             values = {"state": QUEUED, "run_at": now + dt.timedelta(seconds=delay)}
         with self.engine.begin() as conn:
-            conn.execute(
+            changed = conn.execute(
                 j.update()
                 .where(j.c.id == job.id, j.c.leased_by == job.leased_by, j.c.state == RUNNING)
                 .values(last_error=error[:4000], lease_until=None, **values)
-            )
-        return str(values["state"])
+            ).rowcount
+        return str(values["state"]) if changed else "lost"
 
     def bury_expired(self) -> int:
         """Mark ``dead`` the jobs whose lease expired on their last attempt."""
