@@ -79,7 +79,14 @@ class QueueFull(IngestError):
 
 
 class PayloadTooLarge(IngestError):
-    """The request body, or its decompressed form, is over the configured limit."""
+    """The request body, or its decompressed form, is over the configured limit.
+
+    ``field`` names what is too large: ``body`` (bytes) or ``events`` (the batch's length).
+    """
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class StorageError(ClosedLoopError):

@@ -327,7 +327,10 @@ def _contract_error(exc: msgspec.ValidationError) -> ContractError:
     field = ""
     if match:
         text = text[: match.start()]
-        field = _INDEX.sub(r".\1", match.group("path")).lstrip(".")
+        # msgspec writes a value inside a free-form mapping as `[...]` (the key is unknown):
+        # name the mapping itself, so ``field`` stays a dotted path.
+        path = match.group("path").split("[...]")[0]
+        field = _INDEX.sub(r".\1", path).lstrip(".")
     if text.startswith("Object contains unknown field"):
         name = text.split("`")[1]
         field = f"{field}.{name}" if field else name

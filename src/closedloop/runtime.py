@@ -32,6 +32,7 @@ class KeyCache:
         self.projects = projects
         self.ttl = ttl
         self._cache: dict[str, tuple[float, ProjectKey]] = {}
+        self._origins: tuple[float, frozenset[str]] | None = None
         self._lock = threading.Lock()
 
     def verify(self, key: str) -> ProjectKey:
@@ -53,10 +54,17 @@ class KeyCache:
         """Forget every cached key (after a rotation or revocation in this process)."""
         with self._lock:
             self._cache.clear()
+            self._origins = None
 
-    def origins(self) -> set[str]:
-        """Every origin any project allows (for CORS preflights)."""
-        return {o for p in self.projects.all() for o in p.cors_origins}
+    def origins(self) -> frozenset[str]:
+        """Every origin any project allows (for CORS preflights), cached for ``ttl``."""
+        now = time.monotonic()
+        if self._origins is not None and self._origins[0] > now:
+            return self._origins[1]
+        origins = frozenset(o for p in self.projects.all() for o in p.cors_origins)
+        if self.ttl > 0:
+            self._origins = (now + self.ttl, origins)
+        return origins
 
 
 @dataclass

@@ -119,7 +119,9 @@ class Settings(BaseSettings):
         "(default 60).",
     )
     job_poll_seconds: float = Field(
-        default=1.0, gt=0, description="How often an idle worker looks for jobs, in seconds (default 1)."
+        default=1.0,
+        gt=0,
+        description="How often an idle worker looks for jobs, in seconds (default 1).",
     )
     access_log: bool = Field(
         default=False,

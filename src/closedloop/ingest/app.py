@@ -25,6 +25,7 @@ from closedloop.errors import (
     StorageUnavailable,
 )
 from closedloop.ingest.body import UnsupportedMediaType
+from closedloop.ingest.cors import ProjectCors
 from closedloop.ingest.problems import problem
 from closedloop.ingest.routes import events, ops, read
 from closedloop.runtime import Runtime
@@ -88,7 +89,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PayloadTooLarge)
     async def _too_large(_: Request, exc: PayloadTooLarge) -> Response:
-        return problem(413, "Payload too large", str(exc), field="body")
+        return problem(413, "Payload too large", str(exc), field=exc.field)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(_: Request, exc: QueueFull) -> Response:
@@ -195,6 +196,7 @@ def create_app(
         description="Capture AI interactions and the feedback on them; see `/v1/schema`.",
         lifespan=lifespan,
     )
+    app.add_middleware(ProjectCors, origins=lambda: app.state.runtime.keys.origins())
     app.add_middleware(_Timing)
     _handlers(app)
     app.include_router(events.router)

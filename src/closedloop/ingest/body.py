@@ -55,4 +55,10 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"the body decompresses to over {limit} bytes: send smaller batches")
     if not inflater.eof:
         raise ContractError("content-encoding", "the gzip body is truncated")
+    if inflater.unused_data:
+        # Never ignore what follows the first gzip member: it would be data silently dropped.
+        raise ContractError(
+            "content-encoding",
+            "the gzip body has data after its end: send one gzip member and nothing after it",
+        )
     return out

@@ -61,7 +61,7 @@ def decode_batch(body: bytes, *, max_events: int = LIMITS.batch_events) -> list[
     try:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ContractError("", f"the body is not valid UTF-8 at byte {exc.start}") from exc
+        raise ContractError("body", f"is not valid UTF-8 at byte {exc.start}") from exc
     try:
         batch = _batch_decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -70,11 +70,12 @@ def decode_batch(body: bytes, *, max_events: int = LIMITS.batch_events) -> list[
             raise ContractError("events", 'is required: send {"events": [event, ...]}') from exc
         raise ContractError("events", f'{message}; send {{"events": [event, ...]}}') from exc
     except msgspec.DecodeError as exc:
-        raise ContractError("", f"the body is not valid JSON: {exc}") from exc
+        raise ContractError("body", f"is not valid JSON: {exc}") from exc
     if len(batch.events) > max_events:
         raise PayloadTooLarge(
             f"the batch holds {len(batch.events)} events; the limit is {max_events}: "
-            "split it into smaller batches"
+            "split it into smaller batches",
+            field="events",
         )
     return batch.events
 

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 
 from closedloop.events import LIMITS, Event, event_json_schema
 from closedloop.ingest.body import read_body
+from closedloop.ingest.cors import origin_allowed
 from closedloop.ingest.deps import get_runtime, is_not_at_capacity, require_key
 from closedloop.ingest.pipeline import decode_batch
 from closedloop.ingest.problems import problem
@@ -50,10 +51,6 @@ _RESULT_EXAMPLE = {
 }
 
 
-def _origin_allowed(origin: str, allowed: tuple[str, ...] | set[str]) -> bool:
-    return "*" in allowed or origin.rstrip("/") in allowed
-
-
 @router.post(
     "/events",
     summary="Ingest a batch of events",
@@ -71,7 +68,7 @@ def _origin_allowed(origin: str, allowed: tuple[str, ...] | set[str]) -> bool:
         },
         400: {"description": "The body is not JSON of the documented shape."},
         401: {"description": "Missing, unknown or revoked key."},
-        403: {"description": "The browser origin is not allowed for this project."},
+        403: {"description": "A public key used from an origin its project does not allow."},
         413: {"description": "Body or batch over the limit."},
         415: {"description": "Wrong Content-Type or Content-Encoding."},
         429: {"description": "Write queue full; retry after Retry-After."},
@@ -84,18 +81,14 @@ async def post_events(
 ) -> Response:
     runtime = get_runtime(request)
     origin = request.headers.get("origin")
-    cors: dict[str, str] = {}
-    if origin is not None:
-        if key.kind == "public" and not _origin_allowed(origin, key.cors_origins):
-            return problem(
-                403,
-                "Origin not allowed",
-                f"origin {origin!r} may not use this project's public key; add it with "
-                "`closedloop projects origins NAME ORIGIN`",
-                field="origin",
-            )
-        if _origin_allowed(origin, key.cors_origins):
-            cors = {"access-control-allow-origin": origin, "vary": "Origin"}
+    if origin is not None and key.kind == "public" and not origin_allowed(origin, key.cors_origins):
+        return problem(
+            403,
+            "Origin not allowed",
+            f"origin {origin!r} may not use this project's public key; add it with "
+            "`closedloop projects origins NAME ORIGIN`",
+            field="origin",
+        )
     body = await read_body(request, runtime.settings.max_body_bytes)
     raws = decode_batch(body, max_events=runtime.settings.max_batch_events)
     result = await runtime.ingestor.aingest(key, raws)
@@ -116,26 +109,6 @@ async def post_events(
         content,
         status_code=200 if result.all_stored else 207,
         media_type="application/json",
-        headers=cors,
-    )
-
-
-@router.options("/events", include_in_schema=False)
-async def preflight_events(request: Request) -> Response:
-    """CORS preflight: allowed when some project allows the origin; the POST itself then
-    checks the origin against the key's own project."""
-    origin = request.headers.get("origin", "")
-    if not origin or not _origin_allowed(origin, get_runtime(request).keys.origins()):
-        return Response(status_code=403)
-    return Response(
-        status_code=204,
-        headers={
-            "access-control-allow-origin": origin,
-            "access-control-allow-methods": "POST",
-            "access-control-allow-headers": "authorization, content-type, content-encoding",
-            "access-control-max-age": "600",
-            "vary": "Origin",
-        },
     )
 
 
