@@ -80,6 +80,8 @@ class Limits(msgspec.Struct, frozen=True):
 
 
 LIMITS = Limits()
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+"""Events older than this are refused: a clock or unit error, not history."""
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 EventId = Annotated[
@@ -315,6 +317,10 @@ def decode_event(raw: bytes | str) -> Event:
         raise ContractError(
             "timestamp", "lies more than a day in the future; check the client's clock and zone"
         )
+    if event.timestamp < EARLIEST:
+        raise ContractError(
+            "timestamp", "lies before 2000-01-01; check the client's clock and the unit sent"
+        )
     return event
 
 
@@ -393,7 +399,8 @@ def find_nul(obj: Any, path: str = "") -> str | None:
         return path if "\x00" in obj else None
     if isinstance(obj, dict):
         for key, value in obj.items():
-            key_path = f"{path}.{key}" if path else str(key)
+            shown = str(key).replace("\x00", "\\u0000")  # never echo a raw NUL
+            key_path = f"{path}.{shown}" if path else shown
             if "\x00" in str(key):
                 return key_path
             found = find_nul(value, key_path)

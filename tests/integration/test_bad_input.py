@@ -381,6 +381,11 @@ CORPUS: dict[str, list[Bad]] = {
             "timestamp",
         ),
         Bad(
+            "timestamp before 2000 (a clock or unit error)",
+            {**interaction("x-old"), "timestamp": "1970-01-01T00:00:01Z"},
+            "timestamp",
+        ),
+        Bad(
             "timestamp is not a date",
             {**interaction("x-nd"), "timestamp": "yesterday"},
             "timestamp",
@@ -408,7 +413,7 @@ CORPUS: dict[str, list[Bad]] = {
         Bad(
             "NUL in a metadata key",
             interaction("x-n6", metadata={"k\x00": 1}),
-            "body.metadata.k\x00",
+            "body.metadata.k\\u0000",  # the NUL is escaped, never echoed raw
         ),
         Bad("NUL in a correction", feedback("x-n7", correction="fix\x00"), "body.correction"),
         Bad("NUL in a comment", feedback("x-n8", comment="\x00"), "body.comment"),

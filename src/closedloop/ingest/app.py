@@ -164,12 +164,50 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "content": {"application/json": {"schema": body_schema}},
     }
     post.pop("x-closedloop-batch", None)
+    _document_problems(schema)
     schema["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "A project key."}
     }
     schema["security"] = [{"bearer": []}]
     app.openapi_schema = schema
     return schema
+
+
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string", "description": "What is wrong and how to fix it."},
+        "field": {"type": "string", "description": "The offending field or parameter."},
+    },
+    "required": ["type", "title", "status", "detail"],
+}
+
+
+def _document_problems(schema: dict[str, Any]) -> None:
+    """Document the error answers the app really gives: problem JSON for 400 (not FastAPI's
+    422), 401 on keyed routes, 404 on object routes."""
+    schema["components"]["schemas"]["Problem"] = _PROBLEM_SCHEMA
+    problem_content = {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
+    keyed = ("/v1/interactions", "/v1/feedback", "/v1/signals", "/v1/project", "/v1/events")
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            if operation.get("parameters") or "requestBody" in operation:
+                responses.setdefault("400", {"description": "An invalid parameter or body."})
+            if path.startswith(keyed):
+                responses.setdefault("401", {"description": "Missing, unknown or revoked key."})
+            if "{" in path:
+                responses.setdefault("404", {"description": "No such object in this project."})
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["content"] = problem_content
 
 
 def create_app(

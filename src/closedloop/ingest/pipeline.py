@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -70,6 +71,12 @@ def decode_batch(body: bytes, *, max_events: int = LIMITS.batch_events) -> list[
             raise ContractError("events", 'is required: send {"events": [event, ...]}') from exc
         raise ContractError("events", f'{message}; send {{"events": [event, ...]}}') from exc
     except msgspec.DecodeError as exc:
+        lone = _lone_surrogate(body)
+        if lone is not None:  # msgspec reports these as "truncated", which misleads
+            raise ContractError(
+                "body",
+                f"holds an unpaired UTF-16 surrogate escape at byte {lone}; send valid Unicode",
+            ) from exc
         raise ContractError("body", f"is not valid JSON: {exc}") from exc
     if len(batch.events) > max_events:
         raise PayloadTooLarge(
@@ -78,6 +85,31 @@ def decode_batch(body: bytes, *, max_events: int = LIMITS.batch_events) -> list[
             field="events",
         )
     return batch.events
+
+
+_SURROGATE = re.compile(rb"\\u[dD]([89abAB]|[c-fC-F])[0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(body: bytes) -> int | None:
+    r"""Byte offset of the first unpaired surrogate escape (``\ud800``), if any.
+
+    >>> _lone_surrogate(rb'"\ud83d\ude00 ok"') is None, _lone_surrogate(rb'"x\ud800"')
+    (True, 2)
+    """
+    pending: int | None = None
+    end = -1
+    for match in _SURROGATE.finditer(body):
+        high = match.group(1) in b"89abAB"
+        if pending is not None and not high and match.start() == end:
+            pending = None  # the low half of a pair
+        elif pending is not None:
+            return pending
+        elif high:
+            pending = match.start()
+        else:
+            return match.start()
+        end = match.end()
+    return pending
 
 
 def _ts(value: dt.datetime) -> dt.datetime:

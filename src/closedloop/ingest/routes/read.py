@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
@@ -16,6 +16,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1", tags=["read"])
 
+FeedbackKind = Literal["thumbs", "rating", "label", "correction", "comment"]
 Key = Annotated[ProjectKey, Depends(require_secret_key)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size (1-500).")]
 Cursor = Annotated[
@@ -37,7 +38,8 @@ def list_interactions(
     user_id: Annotated[str | None, Query(max_length=128)] = None,
     session_id: Annotated[str | None, Query(max_length=128)] = None,
     feedback_kind: Annotated[
-        str | None, Query(description=f"Has feedback of this kind: {', '.join(FEEDBACK_KINDS)}.")
+        FeedbackKind | None,
+        Query(description=f"Has feedback of this kind: {', '.join(FEEDBACK_KINDS)}."),
     ] = None,
     feedback_value: Annotated[
         str | None, Query(max_length=256, description="Thumbs (-1/1), rating or label value.")
