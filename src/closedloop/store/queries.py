@@ -97,22 +97,30 @@ def _when(value: Any) -> str | None:
     return ts.isoformat() if ts is not None else None
 
 
-def _interaction(row: Row[Any]) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "timestamp": _when(row.ts),
-        "received_at": _when(row.received_at),
-        **json.loads(row.body),
-    }
-
-
 def _event(row: Row[Any]) -> dict[str, Any]:
+    """The API shape of a stored event: id, times, then its body's fields."""
     return {
         "id": row.id,
         "timestamp": _when(row.ts),
         "received_at": _when(row.received_at),
         **json.loads(row.body),
     }
+
+
+def _page(
+    conn: Connection, table: sa.Table, query: sa.Select[Any], *, limit: int, cursor: str | None
+) -> Page:
+    """Run ``query`` newest first from ``cursor`` on; one page and the next cursor."""
+    if cursor is not None:
+        ts, id = decode_cursor(cursor)
+        query = query.where(sa.or_(table.c.ts < ts, sa.and_(table.c.ts == ts, table.c.id < id)))
+    order = (table.c.ts.desc(), table.c.id.desc())
+    rows = conn.execute(query.order_by(*order).limit(limit + 1)).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(utc(rows[-1].ts) or rows[-1].ts, rows[-1].id)
+    return Page(data=[_event(r) for r in rows], next_cursor=next_cursor)
 
 
 def _feedback_condition(kind: str, value: str | None) -> sa.ColumnElement[bool]:
@@ -176,17 +184,7 @@ def list_interactions(
         )
     elif filters.feedback_value is not None:
         raise ContractError("feedback_value", "needs feedback_kind; add feedback_kind=thumbs")
-    if cursor is not None:
-        ts, id = decode_cursor(cursor)
-        query = query.where(sa.or_(t.c.ts < ts, sa.and_(t.c.ts == ts, t.c.id < id)))
-    rows = conn.execute(query.order_by(t.c.ts.desc(), t.c.id.desc()).limit(limit + 1)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = None
-    if more and rows:
-        last = rows[-1]
-        next_cursor = encode_cursor(utc(last.ts) or last.ts, last.id)
-    return Page(data=[_interaction(r) for r in rows], next_cursor=next_cursor)
+    return _page(conn, t, query, limit=limit, cursor=cursor)
 
 
 def get_interaction(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
@@ -197,7 +195,7 @@ def get_interaction(conn: Connection, project_id: int, id: str) -> dict[str, Any
     ).first()
     if row is None:
         raise NotFound(f"no interaction {id!r} in this project")
-    out = _interaction(row)
+    out = _event(row)
     for key, table in (("feedback", models.feedback), ("signals", models.signals)):
         rows = conn.execute(
             sa.select(table)
@@ -247,13 +245,4 @@ def list_feedback(
     if orphaned is not None:
         has = sa.exists().where(t.c.project_id == project_id, t.c.id == fb.c.interaction_id)
         query = query.where(~has if orphaned else has)
-    if cursor is not None:
-        ts, id = decode_cursor(cursor)
-        query = query.where(sa.or_(fb.c.ts < ts, sa.and_(fb.c.ts == ts, fb.c.id < id)))
-    rows = conn.execute(query.order_by(fb.c.ts.desc(), fb.c.id.desc()).limit(limit + 1)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = None
-    if more and rows:
-        next_cursor = encode_cursor(utc(rows[-1].ts) or rows[-1].ts, rows[-1].id)
-    return Page(data=[_event(r) for r in rows], next_cursor=next_cursor)
+    return _page(conn, fb, query, limit=limit, cursor=cursor)
