@@ -4,10 +4,13 @@ The id ledger (``event_ids``) is inserted first with ``ON CONFLICT DO NOTHING ..
 the ids it returns are new and their rows are inserted; the others are duplicates. Whole
 groups go in multi-row statements, never a savepoint per row.
 
-This is the group commit's hottest loop, so rows reach the driver as plain tuples: the INSERT
+This is the group commit's hottest loop, so rows reach the driver as plain tuples: the
 statements are built once per dialect and the columns' bind processors (SQLAlchemy's own, e.g.
 SQLite's datetime format) applied by hand. That stores exactly what ``conn.execute(insert,
-rows)`` would, at about a third of SQLAlchemy's per-row parameter-processing cost.
+rows)`` would, at about a third of SQLAlchemy's per-row parameter-processing cost. SQLite gets
+``executemany``; PostgreSQL gets the ledger as one ``INSERT ... SELECT FROM unnest(arrays)``
+(a constant statement, where a multi-row VALUES list would be re-parsed by psycopg for every
+group) and the rows by ``COPY``, which fails on a conflicting key exactly like ``INSERT``.
 """
 
 from __future__ import annotations
@@ -39,15 +42,17 @@ _MAX_PARAMS = 32_000  # below SQLite's 32766 and PostgreSQL's 65535 bound parame
 
 
 class _Insert:
-    """A plain ``INSERT INTO table (keys) VALUES ...`` built for one dialect."""
+    """A plain ``INSERT INTO table (keys) VALUES ...`` (or ``COPY``) built for one dialect."""
 
     def __init__(self, dialect: Dialect, table: sa.Table, keys: tuple[str, ...]) -> None:
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        self.head = (
-            f"INSERT INTO {dialect.identifier_preparer.format_table(table)} "
-            f"({', '.join(quote(k) for k in keys)}) VALUES "
+        target = (
+            f"{dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(quote(k) for k in keys)})"
         )
+        self.head = f"INSERT INTO {target} VALUES "
+        self.copy = f"COPY {target} FROM STDIN"
         self.values = f"({', '.join([mark] * len(keys))})"
         self.max_rows = min(1000, _MAX_PARAMS // len(keys))
         self.processors: dict[str, Callable[[Any], Any]] = {}
@@ -79,10 +84,25 @@ def _insert(dialect: Dialect, table: sa.Table, keys: tuple[str, ...]) -> _Insert
     return insert
 
 
+_LEDGER_UNNEST = (
+    "INSERT INTO event_ids (project_id, event_id, type, received_at) "
+    "SELECT p, e, t, %s::timestamptz FROM unnest(%s::integer[], %s::text[], %s::text[]) "
+    "AS u(p, e, t) ON CONFLICT DO NOTHING RETURNING project_id, event_id"
+)
+
+
 def _insert_ledger(
     conn: Connection, events: Sequence[PreparedEvent], received_at: Any
 ) -> set[tuple[int, str]]:
     """Insert the ids; return the ``(project_id, event_id)`` pairs that were new."""
+    if conn.dialect.name == "postgresql":
+        arrays = (
+            [e.project_id for e in events],
+            [e.event_id for e in events],
+            [e.type for e in events],
+        )
+        result = conn.exec_driver_sql(_LEDGER_UNNEST, (received_at, *arrays))
+        return {(row[0], row[1]) for row in result}
     insert = _insert(conn.dialect, models.event_ids, _LEDGER_KEYS)
     received = insert.bind("received_at", received_at)
     new: set[tuple[int, str]] = set()
@@ -99,7 +119,7 @@ def _insert_ledger(
 def _insert_rows(
     conn: Connection, table: sa.Table, rows: list[dict[str, Any]], received_at: Any
 ) -> None:
-    """``executemany`` of ``rows`` (with ``received_at``); the columns are the first row's."""
+    """Insert ``rows`` (with ``received_at``); the columns are the first row's."""
     keys = tuple(k for k in rows[0] if k != "received_at")
     insert = _insert(conn.dialect, table, (*keys, "received_at"))
     received = insert.bind("received_at", received_at)
@@ -113,7 +133,33 @@ def _insert_rows(
             for i, process in convert:
                 row_values[i] = process(row_values[i])
         params.append((*row_values, received))
+    if conn.dialect.name == "postgresql":
+        _copy(conn, insert.copy, params)
+        return
     conn.exec_driver_sql(insert.sql(), params)
+
+
+def _copy(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    """``COPY ... FROM STDIN`` on the connection's psycopg 3 driver, in its transaction.
+
+    A driver error is raised as the same SQLAlchemy exception an ``INSERT`` would raise
+    (``IntegrityError``, ``OperationalError``, ...), so callers see no difference.
+    """
+    driver: Any = conn.connection.driver_connection
+    error = conn.dialect.loaded_dbapi.Error
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except error as exc:
+        raise sa.exc.DBAPIError.instance(
+            statement,
+            None,
+            exc,
+            error,
+            connection_invalidated=conn.dialect.is_disconnect(exc, driver, None),
+            dialect=conn.dialect,
+        ) from exc
 
 
 def write_events(conn: Connection, events: Sequence[PreparedEvent]) -> list[bool]:
