@@ -35,13 +35,20 @@ class KeyCache:
         self._origins: tuple[float, frozenset[str]] | None = None
         self._lock = threading.Lock()
 
+    def cached(self, key: str) -> ProjectKey | None:
+        """The verified key if it is cached and fresh; never touches the database."""
+        hit = self._cache.get(hash_key(key))
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
+
     def verify(self, key: str) -> ProjectKey:
         """The project a key opens (raises :class:`AuthError`)."""
+        hit = self.cached(key)
+        if hit is not None:
+            return hit
         digest = hash_key(key)
         now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
         verified = self.projects.verify(key)
         if self.ttl > 0:
             with self._lock:

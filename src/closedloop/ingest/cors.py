@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,7 +51,10 @@ class ProjectCors:
         if origin is None and scope["method"] != "OPTIONS":
             await self.app(scope, receive, send)
             return
-        allowed = origin is not None and origin_allowed(origin, self.origins())
+        # the union may need a database look-up: keep it off the event loop
+        allowed = origin is not None and origin_allowed(
+            origin, await run_in_threadpool(self.origins)
+        )
         if scope["method"] == "OPTIONS":
             response = Response(status_code=204 if allowed else 403)
             if allowed and origin is not None:

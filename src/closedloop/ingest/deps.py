@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from closedloop.errors import AuthError, QueueFull
 from closedloop.runtime import Runtime
@@ -25,14 +26,23 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
-def require_key(request: Request) -> ProjectKey:
-    """The verified key of the request (public or secret)."""
-    return get_runtime(request).verify(_bearer(request))
+async def require_key(request: Request) -> ProjectKey:
+    """The verified key of the request (public or secret).
+
+    A cached key costs no thread hop; an uncached one is looked up in the thread pool, so the
+    event loop never waits on the database.
+    """
+    runtime = get_runtime(request)
+    token = _bearer(request)
+    cached = runtime.keys.cached(token)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(runtime.verify, token)
 
 
-def require_secret_key(request: Request) -> ProjectKey:
+async def require_secret_key(request: Request) -> ProjectKey:
     """The verified secret key of the request; a public key may not read."""
-    key = require_key(request)
+    key = await require_key(request)
     if key.kind != "secret":
         raise AuthError(
             "this endpoint needs the project's secret key; the public key may only send "
