@@ -25,6 +25,7 @@ from closedloop import make_event
 from closedloop.ingest.app import create_app
 from closedloop.runtime import Runtime
 from tests.conftest import Tenant
+from tests.integration.test_otlp_tenancy import check_post_traces
 
 # ---------------------------------------------------------------------------------------------
 # Project A's data: every string below is A's and must never reach another caller.
@@ -172,7 +173,7 @@ def app_routes() -> list[tuple[str, str]]:
 
 # The CORS preflight of /v1/events is answered by middleware (closedloop.ingest.cors), not
 # a route: add it so the matrix still covers it.
-MIDDLEWARE_ROUTES = [("OPTIONS", "/v1/events")]
+MIDDLEWARE_ROUTES = [("OPTIONS", "/v1/events"), ("OPTIONS", "/v1/browser/events")]
 ROUTES = sorted(set(app_routes()) | set(MIDDLEWARE_ROUTES))
 
 
@@ -383,6 +384,41 @@ async def check_post_events(w: World, path: str) -> None:
     assert [f["id"] for f in r.json()["feedback"]] == [A_FEEDBACK, "acme-fb-2"]
 
 
+async def check_post_browser_events(w: World, path: str) -> None:
+    """The beacon endpoint (key in the body): B's public key on A's interaction stores B's
+    orphaned feedback and leaves A alone; every secret key and no key get 401; A's public key
+    cannot write an interaction."""
+    before = await w.a_view()
+    text = {"content-type": "text/plain"}
+
+    def body(key: str | None, *events: dict[str, Any]) -> bytes:
+        return json.dumps({"key": key, "events": list(events)}).encode()
+
+    feedback = make_event(
+        "feedback",
+        {"interaction_id": A_INTERACTION, "thumbs": 1, "comment": "globex says hi"},
+        id="globex-beacon-fb",
+    )
+    r = await w.client.post(path, content=body(w.b.public_key, feedback), headers=text)
+    assert r.status_code == 200, r.text
+    assert_no_leak(r, who="B public")
+    r = await w.client.get("/v1/feedback?orphaned=true", headers=w.b.headers())
+    assert {f["id"] for f in r.json()["data"]} == {"globex-beacon-fb"}
+    for who, key in {
+        "A secret": w.a.secret_key,
+        "B secret": w.b.secret_key,
+        "no key": None,
+    }.items():
+        r = await w.client.post(path, content=body(key, feedback), headers=text)
+        assert r.status_code == 401, (who, r.text)
+        assert_no_leak(r, echoed=[feedback["id"]], who=who)
+    forged = make_event("interaction", {"input": "forged"}, id="forged-int")
+    r = await w.client.post(path, content=body(w.a.public_key, forged), headers=text)
+    assert r.status_code == 207, r.text
+    assert r.json()["results"][0]["status"] == "rejected"
+    assert await w.a_view() == before
+
+
 async def check_unauthenticated(w: World, path: str, method: str = "GET") -> None:
     """A route that needs no key: every caller gets the same answer, none of A's data."""
     if path == "/metrics":  # first put A's ids into request paths the metrics might record
@@ -409,8 +445,12 @@ async def check_schema(w: World, path: str) -> None:
 
 
 CASES: dict[tuple[str, str], Check] = {
+    ("POST", "/v1/traces"): check_post_traces,
     ("POST", "/v1/events"): check_post_events,
     ("OPTIONS", "/v1/events"): check_options,
+    ("POST", "/v1/browser/events"): check_post_browser_events,
+    ("OPTIONS", "/v1/browser/events"): check_options,
+    ("GET", "/sdk/closedloop.js"): check_unauthenticated,
     ("GET", "/v1/schema"): check_schema,
     ("GET", "/v1/interactions"): check_list,
     ("GET", "/v1/interactions/{interaction_id}"): check_object,

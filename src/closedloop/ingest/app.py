@@ -27,7 +27,8 @@ from closedloop.errors import (
 from closedloop.ingest.body import UnsupportedMediaType
 from closedloop.ingest.cors import ProjectCors
 from closedloop.ingest.problems import problem
-from closedloop.ingest.routes import events, ops, read
+from closedloop.ingest.routes import browser, events, ops, read
+from closedloop.ingest.routes import otlp as otlp_routes
 from closedloop.runtime import Runtime
 from closedloop.settings import Settings, get_settings
 
@@ -240,5 +241,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(read.router)
     app.include_router(ops.router)
+    app.include_router(otlp_routes.router)
+    app.include_router(browser.router)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

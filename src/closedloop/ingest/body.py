@@ -15,21 +15,27 @@ class UnsupportedMediaType(ContractError):
     """The Content-Type or Content-Encoding is not one the endpoint takes."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(
+    request: Request,
+    limit: int,
+    *,
+    media_types: tuple[str, ...] = ("application/json",),
+    encodings: tuple[str, ...] = ("identity", "gzip"),
+) -> bytes:
     """The body, decompressed if gzip, never more than ``limit`` bytes in memory.
 
-    A gzip bomb stops at ``limit + 1`` decompressed bytes.
+    Only ``media_types`` and ``encodings`` are taken (415 otherwise). A gzip bomb stops at
+    ``limit + 1`` decompressed bytes.
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise UnsupportedMediaType(
-            "content-type",
-            f"is {ctype or 'missing'}; send `Content-Type: application/json`",
-        )
+    if ctype not in media_types:
+        wanted = " or ".join(f"`Content-Type: {m}`" for m in media_types)
+        raise UnsupportedMediaType("content-type", f"is {ctype or 'missing'}; send {wanted}")
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip"):
+    if encoding not in encodings:
+        allowed = " or ".join("no encoding" if e == "identity" else e for e in encodings)
         raise UnsupportedMediaType(
-            "content-encoding", f"{encoding!r} is not supported; send gzip or no encoding"
+            "content-encoding", f"{encoding!r} is not supported here; send {allowed}"
         )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:

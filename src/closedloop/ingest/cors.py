@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ProjectCors", "origin_allowed"]
 
-PATHS = frozenset({"/v1/events"})
+PATHS = frozenset({"/v1/events", "/v1/browser/events"})
 ALLOW_HEADERS = "authorization, content-type, content-encoding"
 EXPOSE_HEADERS = "retry-after"
 
