@@ -59,7 +59,8 @@ class WorkerParams:
     max_queue_events, max_queue_bytes
         Bounds of the in-memory queue (default 10 000 events, 32 MiB).
     batch_events, batch_bytes
-        Most events and bytes in one request (default 100 events, 1 MiB).
+        Most events and bytes in one request (default 1000 events, the server's batch limit,
+        and 1 MiB): fewer, larger requests keep the sender's GIL time per call low.
     flush_interval
         Seconds a partial batch waits before it is sent (default 1.0).
     max_retries
@@ -72,7 +73,7 @@ class WorkerParams:
 
     max_queue_events: int = 10_000
     max_queue_bytes: int = 32 * 1024 * 1024
-    batch_events: int = 100
+    batch_events: int = 1000
     batch_bytes: int = 1024 * 1024
     flush_interval: float = 1.0
     max_retries: int = 6
