@@ -40,7 +40,7 @@ class DemoReport:
 
 def _answer(intent: str) -> str:
     topic = intent.replace("_", " ").lower()
-    return f"Here is how I can help with {topic}: I have opened the {topic} steps for you."
+    return f"About {topic}: open Help > {topic.capitalize()} and follow the steps there."
 
 
 def build_sample_events(n: int = 300, seed: int = 7) -> list[dict[str, Any]]:
@@ -249,22 +249,15 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
     )
     console.print(f"feedback still waiting for its interaction: {len(orphans['data'])}")
     shown = Table(
-        "interaction",
         "user asked",
         "assistant answered",
-        "feedback",
-        "signals",
+        "feedback and signals",
         title="thumbs-down interactions, read back through GET /v1/interactions",
     )
     for d in details:
         question = d["input"][-1]["content"] if isinstance(d["input"], list) else d["input"]
-        shown.add_row(
-            d["id"][:13] + "...",
-            question,
-            d["output"],
-            ", ".join(_describe(f) for f in d["feedback"]),
-            ", ".join(s["kind"] for s in d["signals"]) or "-",
-        )
+        reactions = [_describe(f) for f in d["feedback"]] + [s["kind"] for s in d["signals"]]
+        shown.add_row(_short(question, 40), _short(d["output"], 40), ", ".join(reactions))
     console.print(shown)
     balance = [
         line
@@ -290,3 +283,8 @@ def _describe(feedback: dict[str, Any]) -> str:
     if "comment" in feedback:
         parts.append(f"comment {feedback['comment']!r}")
     return " + ".join(parts)
+
+
+def _short(text: str, width: int = 48) -> str:
+    """``text`` cut to ``width`` characters, for a table that fits a terminal."""
+    return text if len(text) <= width else text[: width - 1] + "…"
