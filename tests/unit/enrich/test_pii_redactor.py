@@ -1,0 +1,200 @@
+"""Modes, allowlist, the event redactor and hostile input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from closedloop.enrich.pii import PiiParams, PiiRedactor
+from closedloop.events import (
+    Feedback,
+    FeedbackEvent,
+    Interaction,
+    InteractionEvent,
+    Message,
+    RetrievedDocument,
+    Signal,
+    SignalEvent,
+)
+
+TS = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+EMAIL = "ana@example.org"
+
+
+def test_mask_mode_replaces_with_the_type() -> None:
+    assert PiiRedactor().redact_text(f"mail {EMAIL} now") == "mail <EMAIL> now"
+
+
+def test_hash_mode_is_stable_across_calls_and_normalises_the_value() -> None:
+    r = PiiRedactor(PiiParams(modes={"email": "hash"}, secret="k1"))
+    a = r.redact_text(f"mail {EMAIL}")
+    assert a == r.redact_text(f"mail {EMAIL.upper()}")
+    assert a == PiiRedactor(PiiParams(modes={"email": "hash"}, secret="k1")).redact_text(
+        f"mail {EMAIL}"
+    )
+    assert a.startswith("mail <EMAIL:") and len(a) == len("mail <EMAIL:12345678>")
+    assert r.redact_text("mail bo@example.org") != a
+
+
+def test_hash_mode_is_keyed_by_the_project_secret() -> None:
+    one = PiiRedactor(PiiParams(default_mode="hash", secret="k1")).redact_text(EMAIL)
+    two = PiiRedactor(PiiParams(default_mode="hash", secret="k2")).redact_text(EMAIL)
+    assert one != two
+
+
+def test_hash_mode_without_a_secret_is_refused() -> None:
+    with pytest.raises(ValueError, match="secret"):
+        PiiParams(modes={"email": "hash"})
+
+
+def test_unknown_entity_or_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown entity"):
+        PiiParams(entities=("emails",))
+    with pytest.raises(ValueError, match="unknown mode"):
+        PiiParams(modes={"email": "blur"})  # type: ignore[dict-item]
+
+
+def test_drop_mode_removes_the_value() -> None:
+    r = PiiRedactor(PiiParams(modes={"email": "drop"}))
+    assert r.redact_text(f"mail {EMAIL} now") == "mail  now"
+
+
+def test_allowlisted_values_are_never_redacted() -> None:
+    r = PiiRedactor(PiiParams(allowlist=frozenset({"support@closedloop.dev", "10.0.0.1"})))
+    text = "write support@closedloop.dev or ana@example.org from 10.0.0.1"
+    assert r.redact_text(text) == "write support@closedloop.dev or <EMAIL> from 10.0.0.1"
+
+
+def test_only_the_chosen_entities_are_redacted() -> None:
+    r = PiiRedactor(PiiParams(entities=("email",)))
+    assert r.redact_text(f"{EMAIL} 203.0.113.9") == "<EMAIL> 203.0.113.9"
+
+
+def test_interaction_free_text_is_redacted_and_ids_are_kept() -> None:
+    event = InteractionEvent(
+        id="evt-1",
+        timestamp=TS,
+        body=Interaction(
+            input=[Message(role="user", content=f"I am {EMAIL}", name="ana@example.org")],
+            output=f"Sent to {EMAIL}",
+            session_id="sess-ana@x",
+            user_id="user-42",
+            retrieved=[RetrievedDocument(id="doc-1", text=f"owner {EMAIL}")],
+            metadata={"contact": EMAIL, "nested": {"list": [EMAIL, 3]}, EMAIL: "key kept"},
+            tags=[EMAIL, "vip"],
+        ),
+    )
+    out = PiiRedactor()(event)
+    assert isinstance(out, InteractionEvent)
+    b = out.body
+    assert isinstance(b.input, list) and b.input[0].content == "I am <EMAIL>"
+    assert b.input[0].name == "<EMAIL>"
+    assert b.output == "Sent to <EMAIL>"
+    assert b.retrieved[0].text == "owner <EMAIL>" and b.retrieved[0].id == "doc-1"
+    assert b.metadata == {
+        "contact": "<EMAIL>",
+        "nested": {"list": ["<EMAIL>", 3]},
+        EMAIL: "key kept",
+    }
+    assert b.tags == ["<EMAIL>", "vip"]
+    assert (out.id, b.session_id, b.user_id) == ("evt-1", "sess-ana@x", "user-42")
+    assert event.body.output == f"Sent to {EMAIL}"  # the input event is untouched
+
+
+def test_interaction_with_string_input_is_redacted() -> None:
+    event = InteractionEvent(id="e", timestamp=TS, body=Interaction(input=f"hi {EMAIL}"))
+    out = PiiRedactor()(event)
+    assert isinstance(out, InteractionEvent) and out.body.input == "hi <EMAIL>"
+
+
+def test_feedback_and_signal_free_text_is_redacted_and_ids_are_kept() -> None:
+    fb = FeedbackEvent(
+        id="f1",
+        timestamp=TS,
+        body=Feedback(
+            interaction_id="int-1",
+            correction=f"use {EMAIL}",
+            comment=f"from {EMAIL}",
+            user_id="u1",
+            metadata={"by": EMAIL},
+            tags=[EMAIL],
+        ),
+    )
+    out = PiiRedactor()(fb)
+    assert isinstance(out, FeedbackEvent)
+    assert (out.body.correction, out.body.comment) == ("use <EMAIL>", "from <EMAIL>")
+    assert out.body.metadata == {"by": "<EMAIL>"} and out.body.tags == ["<EMAIL>"]
+    assert (out.body.interaction_id, out.body.user_id) == ("int-1", "u1")
+
+    sig = SignalEvent(
+        id="s1",
+        timestamp=TS,
+        body=Signal(interaction_id="int-1", kind="edit", text=f"kept {EMAIL}", session_id="s"),
+    )
+    out_sig = PiiRedactor()(sig)
+    assert isinstance(out_sig, SignalEvent)
+    assert out_sig.body.text == "kept <EMAIL>" and out_sig.body.interaction_id == "int-1"
+
+
+def test_drop_mode_keeps_events_valid() -> None:
+    event = InteractionEvent(
+        id="e",
+        timestamp=TS,
+        body=Interaction(input="x", tags=[EMAIL]),
+    )
+    out = PiiRedactor(PiiParams(default_mode="drop"))(event)
+    assert isinstance(out, InteractionEvent) and out.body.tags == []
+    msgspec.json.decode(msgspec.json.encode(out), type=InteractionEvent)
+
+
+def test_strings_over_the_cap_are_replaced_whole() -> None:
+    r = PiiRedactor(PiiParams(max_chars=100))
+    assert r.redact_text("a" * 101) == "<REDACTED:TOO_LONG>"
+
+
+HOSTILE = st.lists(
+    st.sampled_from(
+        list("0123456789 -.:@/+()_=\n\t")
+        + list("aZé€ג🙂\u200b\u0301ΣSk")
+        + ["sk-", "ghp_", "AKIA", "Mr. ", "born ", "Street", "Apt 4", "://u:p@", "GB82"]
+    ),
+    max_size=200,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(HOSTILE, st.text(max_size=400)))
+def test_never_crashes_on_hostile_text(text: str) -> None:
+    r = PiiRedactor()
+    out = r.redact_text(text)
+    assert isinstance(out, str)
+    for span in r.find(text):
+        assert text[span.start : span.end] == span.value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" * 100_000,
+        "1 " * 50_000,
+        "a@" * 50_000,
+        "Aa " * 33_000,
+        ("A" * 60 + " ") * 1_600,
+        "1." * 50_000,
+        ":" * 100_000,
+        "x" * 100_000,
+        "-" * 100_000,
+        "é" * 100_000,
+        "+1 (" * 25_000,
+    ],
+)
+def test_time_stays_bounded_on_pathological_strings(text: str) -> None:
+    r = PiiRedactor()
+    started = time.perf_counter()
+    r.redact_text(text)
+    assert time.perf_counter() - started < 5.0
