@@ -15,10 +15,14 @@ from collections.abc import Callable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ProjectCors", "origin_allowed"]
+from closedloop.ingest.problems import problem
+from closedloop.types import ProjectKey
+
+__all__ = ["ProjectCors", "origin_allowed", "refuse_origin"]
 
 PATHS = frozenset({"/v1/events", "/v1/browser/events"})
 ALLOW_HEADERS = "authorization, content-type, content-encoding"
@@ -34,6 +38,23 @@ def origin_allowed(origin: str, allowed: tuple[str, ...] | set[str] | frozenset[
     False
     """
     return "*" in allowed or origin.rstrip("/") in allowed
+
+
+def refuse_origin(request: Request, key: ProjectKey) -> Response | None:
+    """A 403 problem when a public key comes from an origin its project does not allow.
+
+    A request without ``Origin`` is not a browser's, and the allowlist does not apply.
+    """
+    origin = request.headers.get("origin")
+    if origin is None or key.kind != "public" or origin_allowed(origin, key.cors_origins):
+        return None
+    return problem(
+        403,
+        "Origin not allowed",
+        f"origin {origin!r} may not use this project's public key; add it with "
+        "`closedloop projects origins NAME ORIGIN`",
+        field="origin",
+    )
 
 
 class ProjectCors:

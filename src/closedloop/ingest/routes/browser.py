@@ -24,10 +24,11 @@ from starlette.concurrency import run_in_threadpool
 
 from closedloop.errors import AuthError, ContractError
 from closedloop.ingest.body import read_body
-from closedloop.ingest.cors import origin_allowed
+from closedloop.ingest.cors import refuse_origin
 from closedloop.ingest.deps import get_runtime, is_not_at_capacity
 from closedloop.ingest.pipeline import decode_batch
 from closedloop.ingest.problems import problem
+from closedloop.ingest.routes.events import batch_response
 from closedloop.types import ProjectKey
 
 __all__ = ["BROWSER_EVENTS", "SNIPPET", "router", "snippet"]
@@ -148,28 +149,12 @@ async def post_browser_events(
     verified = await _verify(request, token)
     if isinstance(verified, Response):
         return verified
-    origin = request.headers.get("origin")
-    if origin is not None and not origin_allowed(origin, verified.cors_origins):
-        return problem(
-            403,
-            "Origin not allowed",
-            f"origin {origin!r} may not use this project's public key; add it with "
-            "`closedloop projects origins NAME ORIGIN`",
-            field="origin",
-        )
+    refused = refuse_origin(request, verified)
+    if refused is not None:
+        return refused
     raws = decode_batch(body, max_events=runtime.settings.max_batch_events)
     result = await runtime.ingestor.aingest(verified, raws)
-    content = msgspec.json.encode(
-        {
-            "stored": result.count("stored"),
-            "duplicate": result.count("duplicate"),
-            "rejected": result.count("rejected"),
-            "results": [r.to_json() for r in result.results],
-        }
-    )
-    return Response(
-        content, status_code=200 if result.all_stored else 207, media_type="application/json"
-    )
+    return batch_response(result)
 
 
 @functools.cache

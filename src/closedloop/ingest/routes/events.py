@@ -10,13 +10,12 @@ from starlette.responses import JSONResponse
 
 from closedloop.events import LIMITS, Event, event_json_schema
 from closedloop.ingest.body import read_body
-from closedloop.ingest.cors import origin_allowed
+from closedloop.ingest.cors import refuse_origin
 from closedloop.ingest.deps import get_runtime, is_not_at_capacity, require_key
 from closedloop.ingest.pipeline import decode_batch
-from closedloop.ingest.problems import problem
-from closedloop.types import ProjectKey
+from closedloop.types import BatchResult, ProjectKey
 
-__all__ = ["batch_schema_components", "router"]
+__all__ = ["batch_response", "batch_schema_components", "router"]
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -25,6 +24,21 @@ class Batch(msgspec.Struct):
     """A batch of events: ``{"events": [event, ...]}`` (at most ``batch_events`` events)."""
 
     events: list[Event]
+
+
+def batch_response(result: BatchResult) -> Response:
+    """The answer to a batch: 200 when every event was stored, else 207; per-event results."""
+    content = msgspec.json.encode(
+        {
+            "stored": result.count("stored"),
+            "duplicate": result.count("duplicate"),
+            "rejected": result.count("rejected"),
+            "results": [r.to_json() for r in result.results],
+        }
+    )
+    return Response(
+        content, status_code=200 if result.all_stored else 207, media_type="application/json"
+    )
 
 
 def batch_schema_components() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -80,36 +94,13 @@ async def post_events(
     request: Request, key: Annotated[ProjectKey, Depends(require_key)]
 ) -> Response:
     runtime = get_runtime(request)
-    origin = request.headers.get("origin")
-    if origin is not None and key.kind == "public" and not origin_allowed(origin, key.cors_origins):
-        return problem(
-            403,
-            "Origin not allowed",
-            f"origin {origin!r} may not use this project's public key; add it with "
-            "`closedloop projects origins NAME ORIGIN`",
-            field="origin",
-        )
+    refused = refuse_origin(request, key)
+    if refused is not None:
+        return refused
     body = await read_body(request, runtime.settings.max_body_bytes)
     raws = decode_batch(body, max_events=runtime.settings.max_batch_events)
     result = await runtime.ingestor.aingest(key, raws)
-    stored, duplicate, rejected = (
-        result.count("stored"),
-        result.count("duplicate"),
-        result.count("rejected"),
-    )
-    content = msgspec.json.encode(
-        {
-            "stored": stored,
-            "duplicate": duplicate,
-            "rejected": rejected,
-            "results": [r.to_json() for r in result.results],
-        }
-    )
-    return Response(
-        content,
-        status_code=200 if result.all_stored else 207,
-        media_type="application/json",
-    )
+    return batch_response(result)
 
 
 @router.get("/schema", summary="JSON Schema of one event envelope")
