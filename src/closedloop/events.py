@@ -54,6 +54,7 @@ __all__ = [
     "RetrievedDocument",
     "Signal",
     "SignalEvent",
+    "SignalKind",
     "Tokens",
     "decode_event",
     "encode",

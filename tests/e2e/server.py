@@ -14,6 +14,7 @@ was not acknowledged and checks the database.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import json
 import os
@@ -24,12 +25,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -276,6 +278,21 @@ class LiveServer:
             for sample in family.samples:
                 out[sample.name] += sample.value
         return dict(out)
+
+
+@contextlib.contextmanager
+def backend_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, prefix: str
+) -> Iterator[tuple[LiveServer, ProjectKeys]]:
+    """A started server with project ``acme`` on the backend of ``request.param`` (a fresh
+    PostgreSQL database, or SQLite in a new folder), stopped at exit."""
+    url = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").new_url()
+    with LiveServer(tmp_path_factory.mktemp(f"{prefix}-{request.param}"), url) as server:
+        keys = server.create_project("acme")
+        server.start()
+        yield server, keys
 
 
 def interaction_batch(n: int, *, tag: str = "e2e") -> Batch:

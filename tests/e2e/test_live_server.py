@@ -14,9 +14,16 @@ import httpx
 import pytest
 
 from closedloop import make_event, new_id
-from tests.conftest import BACKENDS, PostgresFactory
+from tests.conftest import BACKENDS
 from tests.e2e.conftest import MakeServer
-from tests.e2e.server import LiveServer, ProjectKeys, Sender, interaction_batch, stored_ids
+from tests.e2e.server import (
+    LiveServer,
+    ProjectKeys,
+    Sender,
+    backend_server,
+    interaction_batch,
+    stored_ids,
+)
 
 EVENTS = "closedloop_events_{}_total"
 BALANCE = ("received", "stored", "duplicate", "rejected", "dropped")
@@ -27,13 +34,7 @@ def shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, ProjectKeys]]:
     """One server per backend for the tests that do not stop it."""
-    url = None
-    if request.param == "postgresql":
-        factory: PostgresFactory = request.getfixturevalue("postgres")
-        url = factory.new_url()
-    with LiveServer(tmp_path_factory.mktemp(f"live-{request.param}"), url) as server:
-        keys = server.create_project("acme")
-        server.start()
+    with backend_server(request, tmp_path_factory, "live") as (server, keys):
         yield server, keys
         assert server.stopped_gracefully(server.stop()), server.log_tail()
 

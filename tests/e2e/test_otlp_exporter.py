@@ -18,8 +18,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.conftest import BACKENDS, PostgresFactory
-from tests.e2e.server import LiveServer, ProjectKeys
+from tests.conftest import BACKENDS
+from tests.e2e.server import LiveServer, ProjectKeys, backend_server
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -27,13 +27,7 @@ def shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, ProjectKeys]]:
     """One server per backend for the whole module."""
-    url = None
-    if request.param == "postgresql":
-        factory: PostgresFactory = request.getfixturevalue("postgres")
-        url = factory.new_url()
-    with LiveServer(tmp_path_factory.mktemp(f"otlp-{request.param}"), url) as server:
-        keys = server.create_project("acme")
-        server.start()
+    with backend_server(request, tmp_path_factory, "otlp") as (server, keys):
         yield server, keys
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import httpx
 import msgspec
 
+from closedloop.events import SignalKind
 from closedloop.sdk._spool import Spool
 from closedloop.sdk._transport import HttpTransport, SendOutcome, Transport
 from closedloop.sdk._worker import BackgroundWorker, FlushResult, WorkerParams
@@ -302,17 +303,7 @@ class Client:
     def signal(
         self,
         interaction_id: str,
-        kind: Literal[
-            "edit",
-            "copy",
-            "regenerate",
-            "accept",
-            "click",
-            "dwell",
-            "abandon",
-            "escalate",
-            "rephrase",
-        ],
+        kind: SignalKind,
         *,
         text: str | None = None,
         target: str | None = None,
