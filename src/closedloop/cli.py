@@ -268,6 +268,85 @@ def projects_origins(
     console.print(f"{project.name}: {', '.join(project.cors_origins) or 'no origins'}")
 
 
+@projects_app.command("pii")
+def projects_pii(
+    name: str,
+    enable: Annotated[
+        bool | None, typer.Option("--enable/--disable", help="Redact PII at all.")
+    ] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(help="ENTITY=MODE, e.g. email=hash (modes: mask, hash, drop); repeatable."),
+    ] = None,
+    default_mode: Annotated[
+        str | None, typer.Option(help="Mode of the entity types --mode does not name.")
+    ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="A value never redacted; repeatable.")
+    ] = None,
+    ids: Annotated[
+        str | None, typer.Option(help="keep: store user/session ids as sent; hash: keyed hashes.")
+    ] = None,
+    reset: Annotated[bool, typer.Option(help="Back to the default policy first.")] = False,
+) -> None:
+    """Show or change a project's PII policy (every entity type masked by default)."""
+    import msgspec
+
+    from closedloop.enrich.privacy import PiiPolicy
+
+    try:
+        with _projects() as projects:
+            project = projects.get(name)
+            current = msgspec.json.decode(projects.pii(project.id)[0])
+            if reset:
+                current = {}
+            if enable is not None:
+                current["enabled"] = enable
+            for item in mode or ():
+                entity, sep, value = item.partition("=")
+                if not sep:
+                    raise _fail(f"--mode {item!r} needs ENTITY=MODE, such as email=hash")
+                current.setdefault("modes", {})[entity.strip()] = value.strip()
+            if default_mode is not None:
+                current["default_mode"] = default_mode
+            if allow:
+                current["allowlist"] = sorted({*current.get("allowlist", []), *allow})
+            if ids is not None:
+                current["ids"] = ids
+            policy = PiiPolicy.from_json(msgspec.json.encode(current))
+            projects.set_pii(project.id, msgspec.json.encode(policy).decode())
+    except ClosedLoopError as exc:
+        raise _fail(exc) from exc
+    shown = policy.to_json()
+    table = Table("setting", "value", title=f"PII policy of {name}")
+    for key, value in shown.items():
+        if key == "modes":
+            value = ", ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(value) or "-"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def enrich() -> None:
+    """Run the enrichment job until it has nothing left (the worker runs it every few
+    seconds; this is for batch imports and scripts)."""
+    from closedloop.runtime import Runtime
+
+    runtime = Runtime.build(_settings(run_worker=False))
+    runtime.start()
+    try:
+        stats = runtime.enricher.run()
+    finally:
+        runtime.stop()
+    console.print(
+        f"enriched {stats.interactions} interactions in {stats.sessions} sessions; joined "
+        f"{stats.joined} feedback and signals ({stats.late_joined} late), {stats.orphaned} "
+        "orphaned"
+    )
+
+
 @app.command("import")
 def import_(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)],

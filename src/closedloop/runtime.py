@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from closedloop.enrich.redact import load_redactors
+from closedloop.enrich.job import Enricher, EnrichParams, JoinStateCollector
+from closedloop.enrich.measures import MeasureParams
+from closedloop.enrich.redact import ProjectRedactors, load_redactors
+from closedloop.enrich.sessions import SessionParams
 from closedloop.errors import AuthError
 from closedloop.ingest.committer import GroupCommitter
 from closedloop.ingest.metrics import IngestMetrics
@@ -20,7 +23,7 @@ from closedloop.store.db import create_engine
 from closedloop.store.jobs import JobQueue
 from closedloop.store.projects import Projects, hash_key
 from closedloop.types import ProjectKey
-from closedloop.worker import Worker, builtin_handlers
+from closedloop.worker import BUILTIN_RECURRING, Recurring, Worker, builtin_handlers
 
 __all__ = ["KeyCache", "Runtime"]
 
@@ -85,7 +88,9 @@ class Runtime:
     ingestor: Ingestor
     projects: Projects
     keys: KeyCache
+    redactors: ProjectRedactors
     jobs: JobQueue
+    enricher: Enricher
     worker: Worker | None = None
     _worker_thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -102,14 +107,30 @@ class Runtime:
             max_group_events=settings.group_commit_events,
             on_depth=metrics.queue_depth.set,
         )
-        ingestor = Ingestor(
-            committer, metrics, redactors=load_redactors(load_entrypoints=load_plugins)
-        )
         projects = Projects(engine)
+        redactors = ProjectRedactors(
+            projects.pii,
+            ttl=settings.auth_cache_seconds,
+            plugins=load_redactors(load_entrypoints=load_plugins),
+        )
+        ingestor = Ingestor(committer, metrics, redactors=redactors)
         jobs = JobQueue(engine)
+        metrics.registry.register(JoinStateCollector(engine))
+        enricher = Enricher(
+            engine,
+            EnrichParams(
+                join_wait_seconds=settings.join_wait_seconds,
+                session=SessionParams(
+                    measures=MeasureParams(rephrase_threshold=settings.rephrase_threshold),
+                    abandon_after_seconds=settings.abandon_after_seconds,
+                ),
+            ),
+            registry=metrics.registry,
+        )
         worker = None
         if settings.run_worker:
             handlers = builtin_handlers(engine, settings.replay_window_hours)
+            handlers["enrich"] = enricher
             for extra in get_plugin_manager(
                 load_entrypoints=load_plugins
             ).hook.register_job_handlers():
@@ -117,6 +138,10 @@ class Runtime:
             worker = Worker(
                 jobs,
                 handlers,
+                recurring=(
+                    *BUILTIN_RECURRING,
+                    Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
+                ),
                 lease_seconds=settings.job_lease_seconds,
                 poll_seconds=settings.job_poll_seconds,
             )
@@ -128,7 +153,9 @@ class Runtime:
             ingestor=ingestor,
             projects=projects,
             keys=KeyCache(projects, settings.auth_cache_seconds),
+            redactors=redactors,
             jobs=jobs,
+            enricher=enricher,
             worker=worker,
         )
 

@@ -123,6 +123,32 @@ class Settings(BaseSettings):
         gt=0,
         description="How often an idle worker looks for jobs, in seconds (default 1).",
     )
+    enrich_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the enrichment job runs (joins, measures, quality, sessions), "
+        "in seconds (default 2).",
+    )
+    join_wait_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="How long feedback or a signal waits for its interaction before it is "
+        "counted as orphaned, in seconds (default 900). An orphan still joins if its "
+        "interaction arrives later.",
+    )
+    abandon_after_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A session whose last answer had no follow-up for this long ended by "
+        "abandonment, in seconds (default 1800).",
+    )
+    rephrase_threshold: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="Similarity of a next input to the previous one at or above which it counts "
+        "as a rephrase, in [0, 1] (default 0.7).",
+    )
     access_log: bool = Field(
         default=False,
         description="Log every HTTP request (default false: /metrics counts requests by route "

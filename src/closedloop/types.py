@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from closedloop.events import Event
 
@@ -15,12 +15,23 @@ __all__ = [
     "PreparedEvent",
     "ProjectKey",
     "Redactor",
+    "RedactorLookup",
 ]
 
 KeyKind = Literal["public", "secret"]
 
 Redactor = Callable[[Event], Event]
 """A synchronous redaction step: takes a decoded event, returns it with PII removed."""
+
+
+class RedactorLookup(Protocol):
+    """Each project's redaction step (:class:`closedloop.enrich.redact.ProjectRedactors`)."""
+
+    def cached(self, project_id: int) -> Redactor | None:
+        """The step if it is at hand without I/O."""
+
+    def get(self, project_id: int) -> Redactor:
+        """The step, reading the project's policy if needed (blocking I/O)."""
 
 
 @dataclass(frozen=True, kw_only=True)

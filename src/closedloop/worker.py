@@ -56,12 +56,33 @@ def prune_ledger(engine: Engine, replay_window_hours: float) -> Handler:
     return run
 
 
+def prune_jobs(engine: Engine, keep_hours: float = 24.0) -> Handler:
+    """A handler that deletes finished jobs older than ``keep_hours`` (dead ones are kept
+    seven times longer, for inspection): recurring jobs would otherwise pile up."""
+
+    def run(job: Job) -> None:
+        now = utcnow()
+        j = models.jobs
+        with engine.begin() as conn:
+            for state, hours in (("done", keep_hours), ("dead", 7 * keep_hours)):
+                cutoff = now - dt.timedelta(hours=hours)
+                conn.execute(j.delete().where(j.c.state == state, j.c.finished_at < cutoff))
+
+    return run
+
+
 def builtin_handlers(engine: Engine, replay_window_hours: float) -> dict[str, Handler]:
-    """The handlers closedloop itself ships."""
-    return {"ledger.prune": prune_ledger(engine, replay_window_hours)}
+    """The handlers closedloop itself ships (the enrichment job is added by the runtime)."""
+    return {
+        "ledger.prune": prune_ledger(engine, replay_window_hours),
+        "jobs.prune": prune_jobs(engine),
+    }
 
 
-BUILTIN_RECURRING = (Recurring(kind="ledger.prune", every_seconds=3600.0),)
+BUILTIN_RECURRING = (
+    Recurring(kind="ledger.prune", every_seconds=3600.0),
+    Recurring(kind="jobs.prune", every_seconds=3600.0),
+)
 
 
 class Worker:
@@ -125,11 +146,12 @@ class Worker:
     def run(self) -> None:
         """Run until :meth:`stop`; survive database outages by waiting and retrying."""
         next_schedule = 0.0
+        period = min([60.0, *(r.every_seconds for r in self.recurring)])
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_schedule:
                     self.schedule_recurring()
-                    next_schedule = time.monotonic() + 60.0
+                    next_schedule = time.monotonic() + period
                 ran = self.run_once()
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("worker cannot reach the database: %s", exc)

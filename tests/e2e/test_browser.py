@@ -39,8 +39,8 @@ ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-ANSWER = "Paris is the capital of Germany."
-KEPT = "Berlin is the capital of Germany."
+ANSWER = "Two plus two is five."
+KEPT = "Two plus two is four."
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>answer</title></head>
@@ -157,9 +157,7 @@ def site(live_servers: MakeServer) -> Iterator[tuple[LiveServer, ProjectKeys, Pa
 
 def create_interaction(server: LiveServer, keys: ProjectKeys) -> str:
     interaction = new_id()
-    event = make_event(
-        "interaction", {"input": "capital of Germany?", "output": ANSWER}, id=interaction
-    )
+    event = make_event("interaction", {"input": "two plus two?", "output": ANSWER}, id=interaction)
     r = httpx.post(
         f"{server.url}/v1/events", json={"events": [event]}, headers=keys.headers(), timeout=30
     )

@@ -370,15 +370,34 @@ def test_ledger_prune_forgets_only_old_ids_whose_rows_are_gone(engine: sa.Engine
         ]
 
 
-def test_the_worker_schedules_the_ledger_prune_by_default(jobs: JobQueue) -> None:
+def test_the_worker_schedules_the_ledger_and_jobs_prunes_by_default(jobs: JobQueue) -> None:
     worker = Worker(jobs, builtin_handlers(jobs.engine, 72), name="w")
     worker.schedule_recurring()
     worker.schedule_recurring()
     with jobs.engine.connect() as conn:
         kinds = conn.execute(sa.select(models.jobs.c.kind)).scalars().all()
-    assert kinds == ["ledger.prune"]
-    assert worker.run_once() == 1
-    assert jobs.counts() == {"done": 1}
+    assert sorted(kinds) == ["jobs.prune", "ledger.prune"]
+    assert worker.run_once() == 2
+    assert jobs.counts() == {"done": 2}
+
+
+def test_the_jobs_prune_forgets_finished_jobs_after_a_day_and_keeps_the_rest(
+    jobs: JobQueue,
+) -> None:
+    old, recent, waiting = (jobs.enqueue(k) for k in ("old", "recent", "waiting"))
+    worker = Worker(jobs, {"old": lambda job: None, "recent": lambda job: None}, recurring=())
+    worker.run_once()  # old and recent are done; waiting has no handler and is failed
+    with jobs.engine.begin() as conn:
+        conn.execute(
+            models.jobs.update()
+            .where(models.jobs.c.id == old)
+            .values(finished_at=utcnow() - dt.timedelta(hours=25))
+        )
+    prune = builtin_handlers(jobs.engine, 72)["jobs.prune"]
+    prune(None)  # type: ignore[arg-type]
+    with jobs.engine.connect() as conn:
+        left = set(conn.execute(sa.select(models.jobs.c.id)).scalars())
+    assert left == {recent, waiting}
 
 
 def test_timestamps_of_jobs_read_back_as_utc(jobs: JobQueue) -> None:

@@ -453,6 +453,7 @@ async def test_one_interaction_comes_with_its_own_feedback_and_signals_in_time_o
         "label": "ok",
         "source": "reviewer",
         "given_by": "rev-1",
+        "join": {"state": "pending", "reason": None},  # the enrichment job has not run
     }
     assert got["feedback"][1]["rating"] == 3
     assert [s["id"] for s in got["signals"]] == ["sig-1", "sig-2"]
@@ -502,7 +503,9 @@ async def test_chat_message_input_and_every_field_round_trip_exactly(
     r = await client.get("/v1/interactions/chat-1", headers=tenant.headers())
     got = r.json()
     assert {k: got[k] for k in body} == body
-    assert set(got) == {*body, "id", "timestamp", "received_at", "feedback", "signals"}
+    enriched = {"quality", "measures"}  # added by the enrichment job (not run here: empty)
+    assert set(got) == {*body, "id", "timestamp", "received_at", "feedback", "signals", *enriched}
+    assert got["quality"] is None and got["measures"] == []
     assert dt.datetime.fromisoformat(got["timestamp"]) == when, "microseconds and offset kept"
     r = await client.get("/v1/interactions", headers=tenant.headers())
     assert r.json()["data"][0]["input"] == body["input"]

@@ -72,8 +72,18 @@ A_MARKERS = (
 )
 
 # The object ids a path parameter stands for, and ids no project holds (the control).
-A_OBJECT = {"interaction_id": A_INTERACTION, "feedback_id": A_FEEDBACK, "signal_id": A_SIGNAL}
-NOBODY_OBJECT = {"interaction_id": "none-int", "feedback_id": "none-fb", "signal_id": "none-sig"}
+A_OBJECT = {
+    "interaction_id": A_INTERACTION,
+    "feedback_id": A_FEEDBACK,
+    "signal_id": A_SIGNAL,
+    "session_id": A_SESSION,
+}
+NOBODY_OBJECT = {
+    "interaction_id": "none-int",
+    "feedback_id": "none-fb",
+    "signal_id": "none-sig",
+    "session_id": "none-session",
+}
 
 # One query per list filter, each matching some of A's data.
 A_QUERIES: dict[str, dict[str, str]] = {
@@ -221,6 +231,9 @@ class World:
             "/v1/feedback",
             "/v1/feedback?orphaned=true",
             f"/v1/feedback?interaction_id={A_INTERACTION}",
+            f"/v1/sessions/{A_SESSION}",
+            "/v1/enrichment",
+            "/v1/project/pii",
         ):
             r = await self.client.get(url, headers=h)
             assert r.status_code == 200, (url, r.text)
@@ -235,6 +248,11 @@ async def world(
     r = await client.post("/v1/events", json={"events": A_EVENTS}, headers=tenant.headers())
     assert r.status_code == 200, r.text
     openapi = (await client.get("/openapi.json")).json()
+    # A's policy differs from the default, and its sessions are enriched
+    policy = {"modes": {"email": "hash"}, "allowlist": ["acme-support@example.com"]}
+    r = await client.put("/v1/project/pii", json=policy, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    runtime.enricher.run()
     w = World(client, runtime, tenant, other_tenant, openapi, {})
     for method, path in ROUTES:
         if method == "GET" and path.startswith("/v1") and "cursor" in w.query_params(path):
@@ -298,6 +316,71 @@ async def check_object(w: World, path: str) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["id"] in A_OBJECT.values()
     assert "ACME-CONFIDENTIAL" in r.text
+
+
+async def check_session(w: World, path: str) -> None:
+    """GET of A's session: like an object, but its answer names the session, not an id."""
+    url, control = _fill(path, A_OBJECT), _fill(path, NOBODY_OBJECT)
+    for who, headers in w.callers().items():
+        r = await w.client.get(url, headers=headers)
+        assert r.status_code == (404 if who == "B secret" else 401), (who, url, r.text)
+        missing = await w.client.get(control, headers=headers)
+        assert _masked(r, A_OBJECT.values()) == _masked(missing, NOBODY_OBJECT.values()), who
+        assert_no_leak(r, echoed=A_OBJECT.values(), who=who)
+    r = await w.client.get(url, headers=w.a.headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["session_id"] == A_SESSION and r.json()["user_id"] == A_USER
+
+
+async def check_enrichment(w: World, path: str) -> None:
+    """GET of the enrichment status: B's secret key sees B's (empty) counts, never A's."""
+    for who, headers in w.callers().items():
+        r = await w.client.get(path, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+            assert r.json() == {
+                "interactions_waiting": 0,
+                "feedback": {"pending": 0, "orphaned": {}},
+                "signals": {"pending": 0, "orphaned": {}},
+                "sessions": {"total": 0, "abandoned": 0},
+            }
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    r = await w.client.get(path, headers=w.a.headers())
+    assert r.status_code == 200
+    assert r.json()["sessions"]["total"] == 1
+
+
+async def check_get_pii(w: World, path: str) -> None:
+    """GET of the PII policy: B's secret key sees B's (default) policy, never A's."""
+    for who, headers in w.callers().items():
+        r = await w.client.get(path, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+            assert r.json()["modes"] == {} and r.json()["allowlist"] == []
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    r = await w.client.get(path, headers=w.a.headers())
+    assert r.json()["modes"] == {"email": "hash"}
+
+
+async def check_put_pii(w: World, path: str) -> None:
+    """PUT of the PII policy: B's secret key changes B's policy only; public keys and no key
+    get 401; A's policy and data stay as they were."""
+    before = await w.a_view()
+    policy = {"enabled": False}
+    for who, headers in w.callers().items():
+        r = await w.client.put(path, json=policy, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    assert await w.a_view() == before
+    r = await w.client.get(path, headers=w.b.headers())
+    assert r.json()["enabled"] is False
 
 
 async def check_list(w: World, path: str) -> None:
@@ -457,7 +540,11 @@ CASES: dict[tuple[str, str], Check] = {
     ("GET", "/v1/feedback"): check_list,
     ("GET", "/v1/feedback/{feedback_id}"): check_object,
     ("GET", "/v1/signals/{signal_id}"): check_object,
+    ("GET", "/v1/sessions/{session_id}"): check_session,
+    ("GET", "/v1/enrichment"): check_enrichment,
     ("GET", "/v1/project"): check_project,
+    ("GET", "/v1/project/pii"): check_get_pii,
+    ("PUT", "/v1/project/pii"): check_put_pii,
     ("GET", "/openapi.json"): check_unauthenticated,
     ("GET", "/docs"): check_unauthenticated,
     ("GET", "/docs/oauth2-redirect"): check_unauthenticated,

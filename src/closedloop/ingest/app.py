@@ -27,7 +27,7 @@ from closedloop.errors import (
 from closedloop.ingest.body import UnsupportedMediaType
 from closedloop.ingest.cors import ProjectCors
 from closedloop.ingest.problems import problem
-from closedloop.ingest.routes import browser, events, ops, read
+from closedloop.ingest.routes import browser, events, ops, privacy, read
 from closedloop.ingest.routes import otlp as otlp_routes
 from closedloop.runtime import Runtime
 from closedloop.settings import Settings, get_settings
@@ -165,6 +165,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "content": {"application/json": {"schema": body_schema}},
     }
     post.pop("x-closedloop-batch", None)
+    schema["components"]["schemas"]["PiiPolicy"] = privacy.policy_schema()
     _document_problems(schema)
     schema["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "A project key."}
@@ -195,7 +196,15 @@ def _document_problems(schema: dict[str, Any]) -> None:
     problem_content = {
         "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
     }
-    keyed = ("/v1/interactions", "/v1/feedback", "/v1/signals", "/v1/project", "/v1/events")
+    keyed = (
+        "/v1/interactions",
+        "/v1/feedback",
+        "/v1/signals",
+        "/v1/sessions",
+        "/v1/enrichment",
+        "/v1/project",
+        "/v1/events",
+    )
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -240,6 +249,7 @@ def create_app(
     _handlers(app)
     app.include_router(events.router)
     app.include_router(read.router)
+    app.include_router(privacy.router)
     app.include_router(ops.router)
     app.include_router(otlp_routes.router)
     app.include_router(browser.router)

@@ -32,7 +32,7 @@ from closedloop.events import (
 )
 from closedloop.ingest.committer import GroupCommitter
 from closedloop.ingest.metrics import IngestMetrics
-from closedloop.types import BatchResult, EventResult, PreparedEvent, ProjectKey, Redactor
+from closedloop.types import BatchResult, EventResult, PreparedEvent, ProjectKey, RedactorLookup
 
 __all__ = ["Ingestor", "Pending", "decode_batch"]
 
@@ -209,7 +209,8 @@ class Ingestor:
     metrics
         Counters; ``received = stored + duplicate + rejected + dropped`` always holds.
     redactors
-        Synchronous redaction steps applied in order to every event before the commit.
+        Each project's synchronous redaction step, applied to every event before the commit
+        (none: events are stored as sent).
     """
 
     def __init__(
@@ -217,11 +218,11 @@ class Ingestor:
         committer: GroupCommitter,
         metrics: IngestMetrics,
         *,
-        redactors: Sequence[Redactor] = (),
+        redactors: RedactorLookup | None = None,
     ) -> None:
         self.committer = committer
         self.metrics = metrics
-        self.redactors = tuple(redactors)
+        self.redactors = redactors
 
     def prepare(self, key: ProjectKey, raws: Sequence[bytes | msgspec.Raw]) -> Pending:
         """Decode, validate and redact ``raws``; reject what fails, with the field."""
@@ -230,6 +231,7 @@ class Ingestor:
         prepared: list[PreparedEvent] = []
         slots: list[int] = []
         seen: set[str] = set()
+        redact = self.redactors.get(key.project_id) if self.redactors is not None else None
         for i, raw in enumerate(raws):
             data = bytes(raw)
             try:
@@ -248,7 +250,7 @@ class Ingestor:
                         "a public key may send only feedback and signal events; send "
                         "interactions with the project's secret key",
                     )
-                for redact in self.redactors:
+                if redact is not None:
                     event = redact(event)
             except ContractError as exc:
                 results[i] = EventResult(
@@ -307,8 +309,17 @@ class Ingestor:
         return self.finish(pending, fresh)
 
     async def aingest(self, key: ProjectKey, raws: Sequence[bytes | msgspec.Raw]) -> BatchResult:
-        """Ingest a batch without blocking the event loop."""
-        pending = self.prepare(key, raws)
+        """Ingest a batch without blocking the event loop.
+
+        Validation and redaction run on the loop for a small batch whose project's redaction
+        step is at hand, and in a worker thread otherwise (reading the policy is I/O, and
+        redacting a large batch takes milliseconds).
+        """
+        small = len(raws) <= _INLINE_EVENTS
+        if small and (self.redactors is None or self.redactors.cached(key.project_id)):
+            pending = self.prepare(key, raws)
+        else:
+            pending = await asyncio.to_thread(self.prepare, key, raws)
         future = self.submit(pending)
         try:
             fresh = await asyncio.wrap_future(future)
@@ -316,6 +327,9 @@ class Ingestor:
             self._failed(pending, exc)
             raise
         return self.finish(pending, fresh)
+
+
+_INLINE_EVENTS = 8  # batches up to this size are prepared on the event loop
 
 
 def _reason(field: str) -> str:

@@ -1,8 +1,8 @@
 """Embedded mode: the SDK writes through the server's ingest path in its own process.
 
 ``Client(database_url="sqlite:///app.db", project="demo")`` needs no server: the background
-thread builds a :class:`closedloop.runtime.Runtime` on that database (migrated, without the job
-worker), creates the project if it is missing and hands each batch to
+thread builds a :class:`closedloop.runtime.Runtime` on that database (migrated, with the job
+worker that enriches what it stores), creates the project if it is missing and hands each batch to
 ``runtime.ingestor.ingest`` - the same decode, validate, redact and group commit as
 ``POST /v1/events``. The server modules are imported only here, on first use, so the light
 install still imports.
@@ -47,11 +47,9 @@ class EmbeddedTransport:
                 from closedloop.settings import Settings
                 from closedloop.types import ProjectKey
 
-                settings = Settings(
-                    database_url=self.database_url,
-                    run_worker=False,
-                    **self.settings,
-                )
+                # The worker runs the enrichment job here too: the same code as the server.
+                options: dict[str, Any] = {"run_worker": True, **self.settings}
+                settings = Settings(database_url=self.database_url, **options)
                 runtime = Runtime.build(settings)
                 runtime.start()
                 try:

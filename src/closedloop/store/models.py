@@ -17,6 +17,7 @@ __all__ = [
     "jobs",
     "metadata",
     "projects",
+    "sessions",
     "signals",
 ]
 
@@ -32,6 +33,10 @@ projects = sa.Table(
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     sa.Column("cors_origins", sa.Text, nullable=False, server_default="[]"),
     sa.Column("created_at", Ts, nullable=False),
+    # The project's PII policy (JSON of :class:`closedloop.enrich.privacy.PiiPolicy`) and the
+    # key of its keyed-hash pseudonyms.
+    sa.Column("pii", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("pii_secret", sa.String(64), nullable=True),
 )
 
 api_keys = sa.Table(
@@ -78,9 +83,21 @@ interactions = sa.Table(
     sa.Column("tokens_output", sa.Integer),
     sa.Column("cost_usd", sa.Float),
     sa.Column("body", sa.Text, nullable=False),
+    # Written by the enrichment job; ``enriched_at IS NULL`` marks an interaction to (re)do.
+    sa.Column("quality", sa.Float),
+    sa.Column("quality_basis", sa.String(16)),
+    sa.Column("enrichment", sa.Text),
+    sa.Column("enriched_at", Ts),
     sa.Index("ix_interactions_project_ts", "project_id", "ts", "id"),
     sa.Index("ix_interactions_project_session", "project_id", "session_id"),
     sa.Index("ix_interactions_project_user", "project_id", "user_id"),
+    sa.Index(
+        "ix_interactions_unenriched",
+        "project_id",
+        "id",
+        sqlite_where=sa.text("enriched_at IS NULL"),
+        postgresql_where=sa.text("enriched_at IS NULL"),
+    ),
 )
 
 feedback = sa.Table(
@@ -103,8 +120,18 @@ feedback = sa.Table(
     sa.Column("session_id", sa.String(128)),
     sa.Column("user_id", sa.String(128)),
     sa.Column("body", sa.Text, nullable=False),
+    # pending (its interaction not seen yet), joined, or orphaned (with the reason)
+    sa.Column("join_state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("orphan_reason", sa.String(32)),
     sa.Index("ix_feedback_project_interaction", "project_id", "interaction_id"),
     sa.Index("ix_feedback_project_ts", "project_id", "ts"),
+    sa.Index(
+        "ix_feedback_unjoined",
+        "join_state",
+        "received_at",
+        sqlite_where=sa.text("join_state <> 'joined'"),
+        postgresql_where=sa.text("join_state <> 'joined'"),
+    ),
 )
 
 signals = sa.Table(
@@ -119,8 +146,44 @@ signals = sa.Table(
     sa.Column("session_id", sa.String(128)),
     sa.Column("user_id", sa.String(128)),
     sa.Column("body", sa.Text, nullable=False),
+    # pending (its interaction not seen yet), joined, or orphaned (with the reason)
+    sa.Column("join_state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("orphan_reason", sa.String(32)),
     sa.Index("ix_signals_project_interaction", "project_id", "interaction_id"),
     sa.Index("ix_signals_project_ts", "project_id", "ts"),
+    sa.Index(
+        "ix_signals_unjoined",
+        "join_state",
+        "received_at",
+        sqlite_where=sa.text("join_state <> 'joined'"),
+        postgresql_where=sa.text("join_state <> 'joined'"),
+    ),
+)
+
+# Session aggregates, kept by the enrichment job.
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("session_id", sa.String(128), primary_key=True),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("first_ts", Ts, nullable=False),
+    sa.Column("last_ts", Ts, nullable=False),
+    sa.Column("turns", sa.Integer, nullable=False),
+    sa.Column("feedback_count", sa.Integer, nullable=False),
+    sa.Column("signal_count", sa.Integer, nullable=False),
+    sa.Column("last_interaction_id", sa.String(128), nullable=False),
+    sa.Column("abandoned", sa.Boolean),
+    sa.Column("abandon_source", sa.String(16)),
+    sa.Column("mean_quality", sa.Float),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.Index(
+        "ix_sessions_undecided",
+        "last_ts",
+        sqlite_where=sa.text("abandoned IS NULL"),
+        postgresql_where=sa.text("abandoned IS NULL"),
+    ),
+    sa.Index("ix_sessions_project_last_ts", "project_id", "last_ts"),
 )
 
 jobs = sa.Table(

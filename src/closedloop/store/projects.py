@@ -88,7 +88,12 @@ class Projects:
                 raise ConfigError(f"project {name!r} exists already; pick another name")
             project_id = conn.execute(
                 models.projects.insert()
-                .values(name=name, cors_origins=json.dumps(list(origins)), created_at=utcnow())
+                .values(
+                    name=name,
+                    cors_origins=json.dumps(list(origins)),
+                    created_at=utcnow(),
+                    pii_secret=secrets.token_hex(32),
+                )
                 .returning(models.projects.c.id)
             ).scalar_one()
             public = self._insert_key(conn, project_id, "public")
@@ -185,6 +190,27 @@ class Projects:
                 .values(cors_origins=json.dumps(list(checked)))
             )
         return Project(id=project.id, name=name, cors_origins=checked)
+
+    def pii(self, project_id: int) -> tuple[str, str | None]:
+        """The project's PII policy (JSON text) and its pseudonym key."""
+        p = models.projects
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(p.c.pii, p.c.pii_secret).where(p.c.id == project_id)
+            ).first()
+        if row is None:
+            raise NotFound(f"no project with id {project_id}")
+        return row.pii, row.pii_secret
+
+    def set_pii(self, project_id: int, policy_json: str) -> None:
+        """Replace the project's PII policy (JSON text, validated by the caller)."""
+        p = models.projects
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                p.update().where(p.c.id == project_id).values(pii=policy_json)
+            ).rowcount
+        if not done:
+            raise NotFound(f"no project with id {project_id}")
 
     def verify(self, key: str) -> ProjectKey:
         """The project and kind a key opens.

@@ -27,6 +27,8 @@ __all__ = [
     "get_feedback",
     "get_interaction",
     "get_signal",
+    "enrichment_status",
+    "get_session",
     "list_feedback",
     "list_interactions",
 ]
@@ -98,13 +100,24 @@ def _when(value: Any) -> str | None:
 
 
 def _event(row: Row[Any]) -> dict[str, Any]:
-    """The API shape of a stored event: id, times, then its body's fields."""
-    return {
+    """The API shape of a stored event: id, times, then its body's fields, then what
+    enrichment added (an interaction's quality, a feedback's or signal's join state)."""
+    out = {
         "id": row.id,
         "timestamp": _when(row.ts),
         "received_at": _when(row.received_at),
         **json.loads(row.body),
     }
+    fields = row._mapping
+    if "enriched_at" in fields:
+        out["quality"] = (
+            {"value": row.quality, "basis": row.quality_basis}
+            if row.enriched_at is not None
+            else None
+        )
+    if "join_state" in fields:
+        out["join"] = {"state": row.join_state, "reason": row.orphan_reason}
+    return out
 
 
 def _page(
@@ -196,6 +209,11 @@ def get_interaction(conn: Connection, project_id: int, id: str) -> dict[str, Any
     if row is None:
         raise NotFound(f"no interaction {id!r} in this project")
     out = _event(row)
+    enrichment = json.loads(row.enrichment) if row.enrichment else {}
+    out["measures"] = enrichment.get("measures", [])
+    if out["quality"] is not None:
+        out["quality"]["evidence"] = enrichment.get("evidence", [])
+        out["quality"]["enriched_at"] = _when(row.enriched_at)
     for key, table in (("feedback", models.feedback), ("signals", models.signals)):
         rows = conn.execute(
             sa.select(table)
@@ -246,3 +264,72 @@ def list_feedback(
         has = sa.exists().where(t.c.project_id == project_id, t.c.id == fb.c.interaction_id)
         query = query.where(~has if orphaned else has)
     return _page(conn, fb, query, limit=limit, cursor=cursor)
+
+
+def get_session(conn: Connection, project_id: int, session_id: str) -> dict[str, Any]:
+    """A session's aggregates (kept by the enrichment job) and its interaction ids."""
+    s, i = models.sessions, models.interactions
+    row = conn.execute(
+        sa.select(s).where(
+            s.c.project_id == project_id, s.c.session_id == _text("session_id", session_id)
+        )
+    ).first()
+    if row is None:
+        raise NotFound(
+            f"no enriched session {session_id!r} in this project (enrichment runs every few "
+            "seconds after its first interaction is stored)"
+        )
+    ids = conn.execute(
+        sa.select(i.c.id)
+        .where(i.c.project_id == project_id, i.c.session_id == session_id)
+        .order_by(i.c.ts, i.c.id)
+        .limit(500)
+    ).scalars()
+    return {
+        "session_id": row.session_id,
+        "user_id": row.user_id,
+        "first_ts": _when(row.first_ts),
+        "last_ts": _when(row.last_ts),
+        "turns": row.turns,
+        "feedback_count": row.feedback_count,
+        "signal_count": row.signal_count,
+        "last_interaction_id": row.last_interaction_id,
+        "abandoned": row.abandoned,
+        "abandon_source": row.abandon_source,
+        "mean_quality": row.mean_quality,
+        "updated_at": _when(row.updated_at),
+        "interaction_ids": list(ids),
+    }
+
+
+def enrichment_status(conn: Connection, project_id: int) -> dict[str, Any]:
+    """How far enrichment has come in a project: interactions waiting, feedback and signals
+    pending or orphaned (by reason), sessions and how many ended by abandonment."""
+    i, s = models.interactions, models.sessions
+    out: dict[str, Any] = {
+        "interactions_waiting": conn.execute(
+            sa.select(sa.func.count()).where(
+                i.c.project_id == project_id, i.c.enriched_at.is_(None)
+            )
+        ).scalar_one()
+    }
+    for name, table in (("feedback", models.feedback), ("signals", models.signals)):
+        counts: dict[str, Any] = {"pending": 0, "orphaned": {}}
+        rows = conn.execute(
+            sa.select(table.c.join_state, table.c.orphan_reason, sa.func.count())
+            .where(table.c.project_id == project_id, table.c.join_state != "joined")
+            .group_by(table.c.join_state, table.c.orphan_reason)
+        )
+        for state, reason, n in rows:
+            if state == "orphaned":
+                counts["orphaned"][reason or "unknown"] = n
+            else:
+                counts["pending"] += n
+        out[name] = counts
+    total, abandoned = conn.execute(
+        sa.select(sa.func.count(), sa.func.count().filter(s.c.abandoned.is_(True))).where(
+            s.c.project_id == project_id
+        )
+    ).one()
+    out["sessions"] = {"total": total, "abandoned": abandoned}
+    return out

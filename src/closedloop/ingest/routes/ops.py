@@ -43,4 +43,6 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(request: Request) -> Response:
     runtime = get_runtime(request)
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    # some gauges are read from the database at scrape time: off the event loop
+    body = await run_in_threadpool(generate_latest, runtime.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

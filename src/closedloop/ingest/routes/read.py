@@ -105,6 +105,22 @@ def get_signal(request: Request, key: Key, signal_id: PathId) -> dict[str, Any]:
         return queries.get_signal(conn, key.project_id, signal_id)
 
 
+@router.get("/sessions/{session_id}", summary="A session's aggregates")
+def get_session(
+    request: Request,
+    key: Key,
+    session_id: Annotated[str, Path(min_length=1, max_length=128, description="Session id.")],
+) -> dict[str, Any]:
+    with get_runtime(request).engine.connect() as conn:
+        return queries.get_session(conn, key.project_id, session_id)
+
+
+@router.get("/enrichment", summary="How far enrichment has come: waiting, pending, orphans")
+def enrichment_status(request: Request, key: Key) -> dict[str, Any]:
+    with get_runtime(request).engine.connect() as conn:
+        return queries.enrichment_status(conn, key.project_id)
+
+
 @router.get("/project", summary="The project the key opens")
 def get_project(key: Key) -> dict[str, Any]:
     return {"id": key.project_id, "name": key.project_name, "cors_origins": list(key.cors_origins)}
