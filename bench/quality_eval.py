@@ -161,6 +161,39 @@ def mlqe(path: Path, bootstrap: int) -> dict[str, Any]:
     return result
 
 
+def redaction_effect(path: Path) -> dict[str, Any]:
+    """The default edit measure on raw text and on consistently redacted text (the stored
+    form: both the output and the kept text pass the same redactor, so the same entity
+    becomes the same token on both sides), in mask and in keyed-hash mode."""
+    from closedloop.enrich.pii import PiiParams, PiiRedactor
+
+    rows = load(path)
+    da = [float(r["da_mean"]) for r in rows]
+    fn = VARIANTS[DEFAULT_VARIANT]
+    raw = [fn(r["mt_output_tok"], r["post_edit_tok"]) for r in rows]
+    out: dict[str, Any] = {"raw_pearson": pearson(raw, da)}
+    for mode in ("mask", "hash"):
+        redactor = PiiRedactor(PiiParams(default_mode=mode, secret="bench"))
+        pairs = [
+            (redactor.redact_text(r["mt_output_tok"]), redactor.redact_text(r["post_edit_tok"]))
+            for r in rows
+        ]
+        touched = sum(
+            a != r["mt_output_tok"] or b != r["post_edit_tok"]
+            for (a, b), r in zip(pairs, rows, strict=True)
+        )
+        red = [fn(a, b) for a, b in pairs]
+        diffs = [abs(x - y) for x, y in zip(raw, red, strict=True)]
+        out[mode] = {
+            "rows_redacted": touched,
+            "mean_abs_diff": sum(diffs) / len(diffs),
+            "max_abs_diff": max(diffs),
+            "pearson": pearson(red, da),
+            "agreement": pearson(raw, red),
+        }
+    return out
+
+
 # --- (b) Open-Assistant -----------------------------------------------------------------------
 
 
@@ -271,6 +304,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(
                 f"  {name:<32} r - r(1-HTER): 95% CI [{b['low']:+.3f}, {b['high']:+.3f}], "
                 f"higher in {b['share_better']:.0%} of {b['n']} paired resamples"
+            )
+    print("\n(c) the same edit measure on consistently redacted text (what the store holds)")
+    print(
+        f"{'pair':<6} {'mode':<5} {'rows redacted':>13} {'mean |diff|':>11} {'max |diff|':>10} "
+        f"{'r(raw, redacted)':>16} {'r with DA: raw -> redacted':>27}"
+    )
+    out["redaction"] = {}
+    for pair, path in (("en-de", args.ende), ("ro-en", args.roen)):
+        eff = out["redaction"][pair] = redaction_effect(path)
+        for mode in ("mask", "hash"):
+            m = eff[mode]
+            print(
+                f"{pair:<6} {mode:<5} {m['rows_redacted']:>13} {m['mean_abs_diff']:>11.4f} "
+                f"{m['max_abs_diff']:>10.3f} {m['agreement']:>16.4f} "
+                f"{eff['raw_pearson']:>19.3f} -> {m['pearson']:.3f}"
             )
     res = oasst(args.oasst, args.trees)
     out["oasst"] = res

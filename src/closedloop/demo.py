@@ -103,7 +103,12 @@ def build_sample_events(n: int = 300, seed: int = 7) -> list[dict[str, Any]]:
         if rng.random() < 0.05:
             add(("feedback", {"rating": 5 if right else rng.choice([1, 2]), "user_id": user}))
         if not right and rng.random() < 0.08:
-            fix = {"correction": _answer(utterance.intent), "comment": "wrong topic", "thumbs": -1}
+            fix = {
+                "correction": _answer(utterance.intent),
+                # personal data in feedback is redacted before it is stored
+                "comment": f"wrong topic, reach me at {user}@example.com",
+                "thumbs": -1,
+            }
             add(("feedback", fix))
         if right and rng.random() < 0.25:
             add(("signal", {"kind": "copy", "text": output}))
@@ -224,12 +229,13 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
                     sent[event["type"]] = sent.get(event["type"], 0) + 1
                     statuses[result["status"]] = statuses.get(result["status"], 0) + 1
         again = client.post("/v1/events", json={"events": events[:100]}, headers=auth).json()
+        enrichment = _wait_for_enrichment(client, auth)
+        quality = _quality_by_version(client, auth)
         down = client.get(
             "/v1/interactions",
             params={"feedback_kind": "thumbs", "feedback_value": -1, "limit": 3},
             headers=auth,
         ).json()["data"]
-        orphans = client.get("/v1/feedback", params={"orphaned": True}, headers=auth).json()
         details = [client.get(f"/v1/interactions/{d['id']}", headers=auth).json() for d in down]
         metrics = client.get("/metrics").text
     table = Table("event type", "sent", title="what the demo sent through POST /v1/events")
@@ -247,7 +253,6 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
         f"re-sent the first 100 events: {again['duplicate']} answered duplicate, "
         f"{again['stored']} stored again (effectively-once)"
     )
-    console.print(f"feedback still waiting for its interaction: {len(orphans['data'])}")
     shown = Table(
         "user asked",
         "assistant answered",
@@ -259,6 +264,26 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
         reactions = [_describe(f) for f in d["feedback"]] + [s["kind"] for s in d["signals"]]
         shown.add_row(_short(question, 40), _short(d["output"], 40), ", ".join(reactions))
     console.print(shown)
+    table = Table(
+        "model version",
+        "interactions",
+        "explicit / implicit / prior",
+        "mean quality",
+        title="quality estimated by the enrichment job (explicit feedback wins; else implicit)",
+    )
+    for version, row in sorted(quality.items()):
+        bases = "{explicit} / {implicit} / {prior}".format(**row["bases"])
+        table.add_row(version, str(row["n"]), bases, f"{row['mean']:.3f}")
+    console.print(table)
+    console.print(
+        "enrichment: {w} interactions waiting; sessions {t} ({a} ended by abandonment); "
+        "feedback still waiting for its interaction {p}".format(
+            w=enrichment["interactions_waiting"],
+            t=enrichment["sessions"]["total"],
+            a=enrichment["sessions"]["abandoned"],
+            p=enrichment["feedback"]["pending"],
+        )
+    )
     balance = [
         line
         for line in metrics.splitlines()
@@ -270,6 +295,43 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
     return DemoReport(
         base_url=base, sent=sent, statuses=statuses, resent_duplicates=again["duplicate"]
     )
+
+
+def _wait_for_enrichment(
+    client: httpx.Client, auth: dict[str, str], timeout: float = 30.0
+) -> dict[str, Any]:
+    """The enrichment status once the worker has caught up (or when ``timeout`` ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = client.get("/v1/enrichment", headers=auth).json()
+        if status["interactions_waiting"] == 0 or time.monotonic() > deadline:
+            return status
+        time.sleep(0.25)
+
+
+def _quality_by_version(client: httpx.Client, auth: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/interactions", params=params, headers=auth).json()
+        for item in page["data"]:
+            if item["quality"] is None:
+                continue
+            version = (item.get("model") or {}).get("version", "-")
+            row = out.setdefault(
+                version,
+                {"n": 0, "sum": 0.0, "bases": dict.fromkeys(("explicit", "implicit", "prior"), 0)},
+            )
+            row["n"] += 1
+            row["sum"] += item["quality"]["value"]
+            row["bases"][item["quality"]["basis"]] += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    for row in out.values():
+        row["mean"] = row["sum"] / row["n"]
+    return out
 
 
 def _describe(feedback: dict[str, Any]) -> str:

@@ -116,6 +116,8 @@ def test_demo_sends_the_sample_through_http_and_everything_is_stored(
     assert _count(cli_env, "feedback") + _count(cli_env, "signals") > 0
     assert "100 answered duplicate" in _text(result)
     assert "rejected: 0" in _text(result)
+    assert "enrichment: 0 interactions waiting" in _text(result), "the worker enriched all"
+    assert _count(cli_env, "sessions") > 0
     # Re-running the demo adds a fresh sample and keeps the old one.
     again = CliRunner().invoke(app, ["demo", "--interactions", "120"])
     assert again.exit_code == 0, again.output
@@ -127,3 +129,38 @@ def test_db_upgrade_is_idempotent(cli_env: str) -> None:
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     assert _count(cli_env, "alembic_version") == 1
+
+
+def test_projects_pii_shows_and_changes_the_policy_and_refuses_a_bad_one(cli_env: str) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["projects", "create", "shop"]).exit_code == 0
+    shown = runner.invoke(app, ["projects", "pii", "shop"])
+    assert shown.exit_code == 0, shown.output
+    assert "default_mode" in _text(shown) and "mask" in _text(shown)
+    changed = runner.invoke(
+        app, ["projects", "pii", "shop", "--mode", "email=hash", "--allow", "help@shop.example"]
+    )
+    assert changed.exit_code == 0, changed.output
+    assert "email=hash" in _text(changed) and "help@shop.example" in _text(changed)
+    again = runner.invoke(app, ["projects", "pii", "shop", "--ids", "hash"])
+    assert "email=hash" in _text(again), "a change keeps the rest of the policy"
+    bad = runner.invoke(app, ["projects", "pii", "shop", "--mode", "email=shred"])
+    assert bad.exit_code == 1
+    assert "modes.email" in _text(bad) and "mask" in _text(bad)
+    assert runner.invoke(app, ["projects", "pii", "nope"]).exit_code == 1
+
+
+def test_enrich_runs_the_job_until_nothing_is_left(cli_env: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["projects", "create", "shop"]).exit_code == 0
+    path = tmp_path / "events.jsonl"
+    events = [
+        make_event("interaction", {"input": "hi", "output": "hello", "session_id": "s"}, id="i"),
+        make_event("feedback", {"interaction_id": "i", "thumbs": 1}, id="f"),
+    ]
+    path.write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    assert runner.invoke(app, ["import", str(path), "--project", "shop"]).exit_code == 0
+    result = runner.invoke(app, ["enrich"])
+    assert result.exit_code == 0, result.output
+    assert "enriched 1 interactions in 1 sessions; joined 1" in _text(result)
+    assert "enriched 0 interactions" in _text(runner.invoke(app, ["enrich"]))

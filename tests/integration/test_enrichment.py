@@ -325,3 +325,20 @@ async def test_the_stored_body_never_holds_the_raw_value_of_a_default_entity(
         row = conn.execute(sa.select(models.feedback.c.body, models.feedback.c.correction)).one()
     assert card not in row.body and card not in row.correction
     assert json.loads(row.body)["metadata"] == {"n": "<CARD>"}
+
+
+async def test_an_edit_of_an_empty_output_stores_a_null_ratio_not_invalid_json(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    await post(
+        client,
+        tenant,
+        event("interaction", {"input": "write a haiku", "output": ""}, "i", 0),
+        event(
+            "signal", {"interaction_id": "i", "kind": "edit", "text": "an old silent pond"}, "e", 5
+        ),
+    )
+    runtime.enricher.run()
+    got = await get(client, tenant, "/v1/interactions/i")
+    measures = {m["name"]: m["value"] for m in got["measures"]}
+    assert measures["kept_length_ratio"] is None and measures["edit_similarity"] == 0.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
