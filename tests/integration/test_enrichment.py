@@ -72,6 +72,42 @@ async def test_feedback_that_arrives_first_waits_and_joins_its_interaction(
     assert [e["name"] for e in got["quality"]["evidence"]] == ["thumbs"]
     assert got["feedback"][0]["join"] == {"state": "joined", "reason": None}
     assert (await get(client, tenant, "/v1/enrichment"))["feedback"]["pending"] == 0
+    joined = await get(client, tenant, "/v1/feedback/f")
+    assert joined["interaction"]["quality"] == {"value": 0.0, "basis": "explicit"}
+
+
+async def test_feedback_reads_back_with_its_interaction_context(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    body = {
+        "input": "q",
+        "session_id": "s-1",
+        "user_id": "u-1",
+        "model": {"name": "m", "version": "2", "provider": "p"},
+        "prompt": {"name": "support", "version": "4"},
+        "metadata": {"plan": "pro"},
+    }
+    await post(
+        client,
+        tenant,
+        event("interaction", body, "i", 0),
+        event("feedback", {"interaction_id": "i", "thumbs": 1}, "f", 5),
+        event("signal", {"interaction_id": "i", "kind": "copy"}, "s", 6),
+        event("feedback", {"interaction_id": "nope", "thumbs": 1}, "f2", 7),
+    )
+    context = {
+        "session_id": "s-1",
+        "user_id": "u-1",
+        "metadata": {"plan": "pro"},
+        "model": {"name": "m", "version": "2", "provider": "p"},
+        "prompt": {"name": "support", "version": "4"},
+        "timestamp": at(0),
+        "quality": None,
+    }
+    assert (await get(client, tenant, "/v1/feedback/f"))["interaction"] == context
+    assert (await get(client, tenant, "/v1/signals/s"))["interaction"] == context
+    page = await get(client, tenant, "/v1/feedback")
+    assert {x["id"]: x["interaction"] for x in page["data"]} == {"f": context, "f2": None}
 
 
 async def test_feedback_whose_interaction_never_arrives_is_orphaned_with_a_reason_then_joins_late(
@@ -289,7 +325,7 @@ async def test_a_bad_pii_policy_is_refused_naming_the_field_and_changes_nothing(
         ({"modes": {"shoe_size": "mask"}}, "modes.shoe_size"),
         ({"entities": ["email", "aura"]}, "entities[1]"),
         ({"ids": "encrypt"}, "ids"),
-        ({"colour": "red"}, "body"),
+        ({"colour": "red"}, "colour"),
         ({"allowlist": ["  "]}, "allowlist[0]"),
     ):
         r = await client.put("/v1/project/pii", json=policy, headers=tenant.headers())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -120,17 +121,39 @@ class PiiPolicy(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, 
         }
 
 
+_CHOICES = {
+    "ids": "use keep or hash",
+    "default_mode": f"use one of {_MODES}",
+    "enabled": "use true or false",
+}
+_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
 def _path(message: str) -> str:
-    marker = "at `$."
-    if marker in message:
-        return message.split(marker, 1)[1].rstrip("`").replace("[", ".").replace("]", "")
-    return "body"
+    """The field a msgspec validation message names, as ``modes.email`` or ``entities[0]``.
+
+    >>> _path("Object contains unknown field `colour`")
+    'colour'
+    >>> _path("Expected `str`, got `int` - at `$.modes[...]`")
+    'modes'
+    >>> _path("Expected `str`, got `int` - at `$.entities[0]`")
+    'entities[0]'
+    """
+    at = _AT.search(message)
+    path = at.group(1).replace("[...]", "") if at else ""
+    unknown = _UNKNOWN.search(message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    return path or "body"
 
 
 def _hint(message: str) -> str:
+    text = _AT.sub("", message)
     if "unknown field" in message:
-        return f"{message}; the fields are enabled, entities, modes, default_mode, allowlist, ids"
-    return message
+        return f"{text}; the fields are enabled, entities, modes, default_mode, allowlist, ids"
+    field = _path(message)
+    return f"{text}; {_CHOICES[field]}" if field in _CHOICES else text
 
 
 def pseudonym(secret: str | bytes, value: str) -> str:

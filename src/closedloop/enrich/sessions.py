@@ -169,10 +169,13 @@ def enrich_session(
     )
     abandoned = session_abandoned(timeline, now=now, after_seconds=p.abandon_after_seconds)
     source: Literal["client", "derived"] | None = None
-    if abandoned:
-        if _has(found[-1], "abandon"):
-            source = "client"  # the app sent it: the derived one would count it twice
-        elif p.derive:
+    last_answer = turns[-1].ts
+    if any(s.kind == "abandon" and ts >= last_answer for t in turns for ts, s in t.signals):
+        # The app said the user left after the last answer (on whichever turn it sent it):
+        # its word decides, and the derived measure would count the same leaving twice.
+        abandoned, source = True, "client"
+    elif abandoned:
+        if p.derive:
             source = "derived"
             found[-1].append(Measure(name="abandon", value=1.0, source="derived"))
         else:
@@ -188,7 +191,7 @@ def enrich_session(
     )
     summary = SessionSummary(
         turns=len(turns),
-        first_ts=turns[0].ts,
+        first_ts=min(ts for ts, _ in timeline),
         last_ts=max(ts for ts, _ in timeline),
         last_interaction_id=turns[-1].id,
         feedback_count=sum(len(t.feedback) for t in turns),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ __all__ = [
     "get_feedback",
     "get_interaction",
     "get_signal",
+    "interaction_context",
     "enrichment_status",
     "get_session",
     "list_feedback",
@@ -235,14 +237,51 @@ def _get_one(conn: Connection, table: sa.Table, project_id: int, id: str, what: 
     return row
 
 
+def interaction_context(
+    conn: Connection, project_id: int, interaction_ids: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    """What feedback and signals join to, by interaction id: session, user and the metadata
+    the app sent, model and prompt, and the interaction's quality. Ids not in the hot store
+    are left out."""
+    i = models.interactions
+    ids = sorted(set(interaction_ids))
+    out: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 500):
+        rows = conn.execute(
+            sa.select(i).where(i.c.project_id == project_id, i.c.id.in_(ids[start : start + 500]))
+        )
+        for row in rows:
+            body = json.loads(row.body)
+            out[row.id] = {
+                "session_id": row.session_id,
+                "user_id": row.user_id,
+                "metadata": body.get("metadata", {}),
+                "model": body.get("model"),
+                "prompt": body.get("prompt"),
+                "timestamp": _when(row.ts),
+                "quality": _event(row)["quality"],
+            }
+    return out
+
+
+def _with_context(conn: Connection, project_id: int, items: list[dict[str, Any]]) -> None:
+    context = interaction_context(conn, project_id, (x["interaction_id"] for x in items))
+    for item in items:
+        item["interaction"] = context.get(item["interaction_id"])
+
+
 def get_feedback(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
-    """One feedback event."""
-    return _event(_get_one(conn, models.feedback, project_id, id, "feedback"))
+    """One feedback event, with the context of its interaction (``null`` until it arrives)."""
+    item = _event(_get_one(conn, models.feedback, project_id, id, "feedback"))
+    _with_context(conn, project_id, [item])
+    return item
 
 
 def get_signal(conn: Connection, project_id: int, id: str) -> dict[str, Any]:
-    """One signal event."""
-    return _event(_get_one(conn, models.signals, project_id, id, "signal"))
+    """One signal event, with the context of its interaction (``null`` until it arrives)."""
+    item = _event(_get_one(conn, models.signals, project_id, id, "signal"))
+    _with_context(conn, project_id, [item])
+    return item
 
 
 def list_feedback(
@@ -263,7 +302,9 @@ def list_feedback(
     if orphaned is not None:
         has = sa.exists().where(t.c.project_id == project_id, t.c.id == fb.c.interaction_id)
         query = query.where(~has if orphaned else has)
-    return _page(conn, fb, query, limit=limit, cursor=cursor)
+    page = _page(conn, fb, query, limit=limit, cursor=cursor)
+    _with_context(conn, project_id, page.data)
+    return page
 
 
 def get_session(conn: Connection, project_id: int, session_id: str) -> dict[str, Any]:
