@@ -325,6 +325,13 @@ def decode_event(raw: bytes | str) -> Event:
     return event
 
 
+_ALLOWED = {
+    "type": "interaction, feedback, signal",
+    "kind": ", ".join(SIGNAL_KINDS),
+    "source": "user, reviewer, evaluator",
+}
+
+
 def _contract_error(exc: msgspec.ValidationError) -> ContractError:
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, ContractError):
@@ -346,8 +353,11 @@ def _contract_error(exc: msgspec.ValidationError) -> ContractError:
         name = text.split("`")[1]
         field = f"{field}.{name}" if field else name
         text = "is required"
-    elif text.startswith("Invalid value") and field == "type":
-        text = f"{text}; use one of interaction, feedback, signal"
+    elif text.startswith(("Invalid value", "Invalid enum value")):
+        # msgspec quotes the value it refused; the answer (and every log that repeats it)
+        # must not carry what could be personal data: name the allowed values instead.
+        allowed = _ALLOWED.get(field.rsplit(".", 1)[-1])
+        text = "is not an allowed value" + (f"; use one of {allowed}" if allowed else "")
     return ContractError(field, text[:1].lower() + text[1:] if text else text)
 
 

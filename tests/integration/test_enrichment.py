@@ -378,3 +378,6 @@ async def test_an_edit_of_an_empty_output_stores_a_null_ratio_not_invalid_json(
     got = await get(client, tenant, "/v1/interactions/i")
     measures = {m["name"]: m["value"] for m in got["measures"]}
     assert measures["kept_length_ratio"] is None and measures["edit_similarity"] == 0.0
+    with runtime.engine.connect() as conn:
+        stored = conn.execute(sa.select(models.interactions.c.enrichment)).scalar_one()
+    assert "Infinity" not in stored and json.loads(stored)["measures"]

@@ -19,6 +19,7 @@ interaction, and a run that computed from an older snapshot is corrected by the 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -50,6 +51,7 @@ _interaction = msgspec.json.Decoder(Interaction)
 _feedback = msgspec.json.Decoder(Feedback)
 _signal = msgspec.json.Decoder(Signal)
 _CHUNK = 400  # ids per IN (...) list
+_LOCK_KEY = 0x636C_656E_7269_6368  # "clenrich": the advisory lock of the enrich job
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,14 +158,36 @@ class Enricher:
         self.run()
 
     def run(self, *, now: dt.datetime | None = None) -> EnrichStats:
-        """Passes until one finds nothing to do (or the time budget is spent)."""
+        """Passes until one finds nothing to do (or the time budget is spent).
+
+        On PostgreSQL one run at a time holds an advisory lock; a run that finds it taken
+        returns at once (another worker is enriching), so workers never race on a session.
+        """
         total = EnrichStats()
-        deadline = time.monotonic() + self.params.time_budget_seconds
-        while True:
-            stats = self.run_once(now=now)
-            total.add(stats)
-            if not stats.busy or time.monotonic() > deadline:
+        with self._single_flight() as mine:
+            if not mine:
                 return total
+            deadline = time.monotonic() + self.params.time_budget_seconds
+            while True:
+                stats = self.run_once(now=now)
+                total.add(stats)
+                if not stats.busy or time.monotonic() > deadline:
+                    return total
+
+    @contextlib.contextmanager
+    def _single_flight(self) -> Iterator[bool]:
+        if self.engine.dialect.name != "postgresql":
+            yield True  # SQLite: one writer at a time anyway
+            return
+        with self.engine.connect() as conn:
+            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(_LOCK_KEY))).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_KEY)))
+                    conn.commit()
 
     def run_once(self, *, now: dt.datetime | None = None) -> EnrichStats:
         """One pass: join, orphan, then enrich what is marked, session by session."""
@@ -444,7 +468,15 @@ class Enricher:
 
 def _enrichment_json(turn: Any) -> dict[str, Any]:
     return {
-        "measures": [{"name": m.name, "value": m.value, "source": m.source} for m in turn.measures],
+        # JSON has no infinity: a kept-length ratio over an empty output is stored as null
+        "measures": [
+            {
+                "name": m.name,
+                "value": m.value if math.isfinite(m.value) else None,
+                "source": m.source,
+            }
+            for m in turn.measures
+        ],
         "evidence": [
             {"name": e.name, "target": e.target, "weight": e.weight, "source": e.source}
             for e in turn.quality.evidence

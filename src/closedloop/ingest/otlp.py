@@ -202,7 +202,9 @@ def map_request(request: ExportTraceServiceRequest) -> MappedSpans:
             continue
         if not span.valid:
             invalid.append(
-                f"span {span.name!r}: trace_id must be 16 bytes and span_id 8 bytes, not all zero"
+                # not the span's name: it is free text, and this answer is not redacted
+                f"an LLM span (#{len(invalid) + 1} rejected): trace_id must be 16 bytes and "
+                "span_id 8 bytes, not all zero"
             )
             continue
         raws.append(json.dumps(_event(span), separators=(",", ":")).encode())

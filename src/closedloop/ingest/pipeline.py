@@ -313,9 +313,9 @@ class Ingestor:
 
         Validation and redaction run on the loop for a small batch whose project's redaction
         step is at hand, and in a worker thread otherwise (reading the policy is I/O, and
-        redacting a large batch takes milliseconds).
+        redacting a large batch or a long text takes milliseconds).
         """
-        small = len(raws) <= _INLINE_EVENTS
+        small = len(raws) <= _INLINE_EVENTS and sum(len(r) for r in raws) <= _INLINE_BYTES
         if small and (self.redactors is None or self.redactors.cached(key.project_id)):
             pending = self.prepare(key, raws)
         else:
@@ -329,7 +329,10 @@ class Ingestor:
         return self.finish(pending, fresh)
 
 
-_INLINE_EVENTS = 8  # batches up to this size are prepared on the event loop
+# Batches up to this size are prepared on the event loop; larger ones (whose redaction can
+# take milliseconds, or longer on pathological text) in a worker thread.
+_INLINE_EVENTS = 8
+_INLINE_BYTES = 16_384
 
 
 def _reason(field: str) -> str:

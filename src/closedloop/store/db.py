@@ -55,6 +55,8 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) 
     2
     """
     parsed = make_url(url)
+    # Errors and logs never print the statement's parameters: they hold event text and ids.
+    kwargs.setdefault("hide_parameters", True)
     if parsed.get_backend_name() == "sqlite":
         if sqlite_synchronous not in ("FULL", "EXTRA", "NORMAL"):
             raise ConfigError(
