@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/pii_eval.py [DATA] [--seed 20261125]
+    .venv/bin/python bench/pii_eval.py [DATA] [--seed 20261125] [--half tune] [--no-presidio]
 
 DATA defaults to ``../shared/data/pii_presidio_synth_v2.jsonl`` (relative to the repository
 root). Templates are split in two halves (seeded, no template in both): the tuning half was
@@ -13,6 +13,11 @@ entity type overlaps it; a predicted span is correct when it overlaps a gold spa
 Predicted spans that overlap only gold spans of labels we do not target (e.g. ZIP_CODE) or of a
 sibling type (a city we call location inside a gold address block) are not counted as false
 positives; recall stays strict by type.
+
+Throughput is the best of 5 passes over the half's events for closedloop and of 3 for Presidio
+(each after a first pass), in the same process. It then prints the cost per event (no PII, a
+typical sentence) and person-name precision and recall on a small hand-labelled set of real
+sentences (``bench/data/oasst_person_names.jsonl``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ from closedloop.events import Interaction, InteractionEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = Path("..") / "shared" / "data" / "pii_presidio_synth_v2.jsonl"
+# 78 sentences of OpenAssistant conversations (Apache-2.0) with person names labelled by hand:
+# real text, not the synthetic templates (see bench/data/PROVENANCE.md).
+REAL_NAMES = ROOT / "bench" / "data" / "oasst_person_names.jsonl"
 
 # Dataset label -> our entity type. Labels mapped to None are not targeted:
 LABELS: dict[str, str | None] = {
@@ -176,19 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     redactor.find("warm up John Smith in Paris")  # loads the lexicons
     ours = [[(s.start, s.end, s.entity) for s in redactor.find(r["text"])] for r in rows]
     events = events_of(rows)
-    t0 = time.perf_counter()
-    for ev in events:
-        redactor(ev)
-    ours_rate = len(events) / (time.perf_counter() - t0)
+    ours_rate = best_rate(redactor, events, repeat=5)
     systems = [("closedloop", score(rows, ours), ours_rate)]
 
     presidio = None if args.no_presidio else presidio_analyzer()
     if presidio is not None:
         run, _name = presidio
         run("warm up")
-        t0 = time.perf_counter()
-        theirs = [run(r["text"]) for r in rows]
-        rate = len(rows) / (time.perf_counter() - t0)
+        theirs = [run(r["text"]) for r in rows]  # also the warm-up pass of the timing below
+        rate = best_rate(run, [r["text"] for r in rows], repeat=3)
         systems.append(("presidio", score(rows, theirs), rate))
 
     header = f"{'entity':<10}{'n':>5}" + "".join(
@@ -221,7 +225,63 @@ def main(argv: list[str] | None = None) -> int:
             f"throughput >= 10x presidio: {ratio:.1f}x {'MET' if ratio >= 10 else 'MISSED'}"
         )
     print("\n".join(verdicts))
+    print_costs(redactor)
+    print_real_names(redactor)
     return 0
+
+
+def best_rate(fn: Callable[[Any], object], items: list[Any], repeat: int) -> float:
+    """Items per second over the fastest of ``repeat`` passes: the least disturbed by
+    whatever else runs on the machine (both systems are measured the same way)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, time.perf_counter() - t0)
+    return len(items) / best
+
+
+def per_call_us(fn: Callable[[], object], n: int = 3000) -> float:
+    """Best of five runs of ``n`` calls, in microseconds per call."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best * 1e6
+
+
+def print_costs(redactor: PiiRedactor) -> None:
+    texts = {
+        "no PII": "How do I check my balance on my credit card? The app says no and I am not "
+        "sure why this keeps happening every time I try.",
+        "typical": "Hi, my name is Jennifer Walsh and I moved here from Toronto. Call me at "
+        "(415) 555-0132 or mail jen.walsh@example.org.",
+    }
+    for name, text in texts.items():
+        event = events_of([{"text": text}])[0]
+        us = per_call_us(lambda event=event: redactor(event))
+        print(f"per event, {name:<8} ({len(text)} chars): {us:6.1f} µs")
+
+
+def print_real_names(redactor: PiiRedactor) -> None:
+    rows = load(REAL_NAMES)
+    tp_gold = n_gold = tp_pred = n_pred = 0
+    for row in rows:
+        gold = [(p["start"], p["end"]) for p in row["persons"]]
+        pred = [(s.start, s.end) for s in redactor.find(row["text"]) if s.entity == "person"]
+        n_gold += len(gold)
+        tp_gold += sum(any(ps < ge and gs < pe for ps, pe in pred) for gs, ge in gold)
+        n_pred += len(pred)
+        tp_pred += sum(any(ps < ge and gs < pe for gs, ge in gold) for ps, pe in pred)
+    p, r = tp_pred / max(n_pred, 1), tp_gold / max(n_gold, 1)
+    print(
+        f"real text ({REAL_NAMES.name}: {len(rows)} sentences, {n_gold} names, "
+        f"{sum(not row['persons'] for row in rows)} sentences without one): "
+        f"person P {p:.3f} R {r:.3f} F2 {f2(p, r):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -194,7 +194,58 @@ def test_never_crashes_on_hostile_text(text: str) -> None:
     ],
 )
 def test_time_stays_bounded_on_pathological_strings(text: str) -> None:
+    # Not a performance measurement (bench/pii_eval.py is): a guard against super-linear
+    # matching, which takes minutes on 100,000 characters; a loaded machine takes < 5 s.
     r = PiiRedactor()
     started = time.perf_counter()
     r.redact_text(text)
-    assert time.perf_counter() - started < 5.0
+    assert time.perf_counter() - started < 30.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ana@example.org+14155550132",
+        "+14155550132José María",
+        "4111 1111 1111 11114111 1111 1111 1111",
+        "+1 415-555-0132+14155550132+14155550132",
+        "Dr. Ana Lopez, phone <PHONE> 555-0132, address <ADDRESS> Foo 12",
+    ],
+)
+def test_redacting_twice_changes_nothing(text: str) -> None:
+    r = PiiRedactor()
+    once = r.redact_text(text)
+    assert r.redact_text(once) == once
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HOSTILE)
+def test_redaction_is_idempotent_on_hostile_text(text: str) -> None:
+    r = PiiRedactor()
+    once = r.redact_text(text)
+    assert r.redact_text(once) == once
+
+
+def test_hash_mode_output_is_stable_under_a_second_pass() -> None:
+    r = PiiRedactor(PiiParams(default_mode="hash", secret="k"))
+    once = r.redact_text("call +1 415-555-0132 or mail ana@example.org, Dr. Ana Lopez")
+    assert "<PHONE:" in once and r.redact_text(once) == once
+
+
+def test_an_expanding_redaction_over_the_cap_fails_closed() -> None:
+    r = PiiRedactor(PiiParams(max_chars=100))
+    assert r.redact_text("a@b.io " * 14) == "<REDACTED:TOO_LONG>"  # 98 in, 112 out
+
+
+def test_redacted_events_keep_within_the_contract_limits() -> None:
+    label = " ".join(["a@b.io"] * 36)  # 251 characters: 287 once masked
+    fb = FeedbackEvent(
+        id="f",
+        timestamp=TS,
+        body=Feedback(interaction_id="i", label=label, metadata={"k": "a@b.io " * 2_300}),
+    )
+    out = PiiRedactor()(fb)
+    assert isinstance(out, FeedbackEvent)
+    assert out.body.label is not None and len(out.body.label) == 256
+    assert out.body.metadata == {"redacted": "<REDACTED:TOO_LONG>"}
+    msgspec.json.decode(msgspec.json.encode(out), type=FeedbackEvent)

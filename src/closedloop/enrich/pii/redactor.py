@@ -9,6 +9,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import re
@@ -19,7 +20,9 @@ from typing import Any, Literal, get_args
 import msgspec
 
 from closedloop.enrich.pii import _names, _structured
+from closedloop.enrich.pii._doc import REPLACEMENT, Doc
 from closedloop.events import (
+    LIMITS,
     Event,
     FeedbackEvent,
     InteractionEvent,
@@ -48,7 +51,8 @@ Mode = Literal["mask", "hash", "drop"]
 ENTITY_TYPES: tuple[EntityType, ...] = get_args(EntityType)
 """Every entity type, in priority order: an earlier type wins where two overlap."""
 
-_Finder = Callable[[str], Iterator[tuple[int, int, str]]]
+# Each finder takes the shared Doc and gates itself on its cheap views (digits, "@", ...).
+_Finder = Callable[[Doc], Iterator[tuple[int, int, str]]]
 _FINDERS: dict[str, _Finder] = {
     "credentials": _structured.find_credentials,
     "secret": _structured.find_secrets,
@@ -64,12 +68,14 @@ _FINDERS: dict[str, _Finder] = {
     "location": _names.find_locations,
 }
 _PRIORITY: dict[str, int] = {name: i for i, name in enumerate(ENTITY_TYPES)}
-_DIGIT = re.compile(r"\d")
-# Cheap gates: a finder runs only when the text could hold its entity.
-_NEEDS_AT = frozenset({"email", "credentials"})
-_NEEDS_DIGIT = frozenset({"iban", "card", "ssn", "ip", "phone", "dob"})
+_FUZZY = frozenset({"person", "location"})
+_TRIM = " \t\n,;:.-'’\"("
+_TAG = "<tag>"  # a replacement already in the text, or an identifier: ranks first, unreported
+
 _NON_DIGIT = re.compile(r"\D")
 _SPACE = re.compile(r"\s+")
+_TARGET_LENGTH = 2048  # Signal.target's limit in the contract
+_JSON = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +138,11 @@ class PiiParams:
             raise ValueError("max_chars must be positive")
 
 
+def _rank(hit: tuple[int, int, str]) -> tuple[int, int, int]:
+    """Overlaps go to the earlier entity type, then to the longer span, then to the first."""
+    return _PRIORITY.get(hit[2], -1), hit[0] - hit[1], hit[0]
+
+
 def _normalise(entity: str, value: str) -> str:
     if entity in ("phone", "card", "ssn"):
         return _NON_DIGIT.sub("", value)
@@ -151,9 +162,7 @@ class PiiRedactor:
 
     def __init__(self, params: PiiParams | None = None) -> None:
         self.params = params if params is not None else PiiParams()
-        self._finders = [
-            (name, _FINDERS[name]) for name in ENTITY_TYPES if name in self.params.entities
-        ]
+        self._finders = [_FINDERS[name] for name in ENTITY_TYPES if name in self.params.entities]
         self._allow = frozenset(
             _SPACE.sub(" ", v).strip().casefold() for v in self.params.allowlist
         )
@@ -164,24 +173,42 @@ class PiiRedactor:
         """The PII spans of ``text``, sorted and non-overlapping."""
         if not text or len(text) > self.params.max_chars:
             return []
+        doc = Doc(text)
         hits: list[tuple[int, int, str]] = []
-        has_at = "@" in text
-        has_digit = _DIGIT.search(text) is not None
-        for name, finder in self._finders:
-            if (name in _NEEDS_AT and not has_at) or (name in _NEEDS_DIGIT and not has_digit):
-                continue
-            hits.extend(finder(text))
-        hits.sort(key=lambda h: (_PRIORITY[h[2]], h[0] - h[1], h[0]))
-        taken: list[tuple[int, int, str]] = []
+        for finder in self._finders:
+            hits.extend(finder(doc))
+        if not hits:
+            return []
+        if doc.digits:
+            # identifiers are never PII, nor is anything read out of their digits
+            hits.extend((m.start(), m.end(), _TAG) for m in _structured.IDENTIFIER.finditer(text))
+        if "<" in text:
+            # what an earlier pass put in ("<PERSON>", "<EMAIL:3f2a9c1b>") is never PII:
+            # redacting redacted text changes nothing
+            hits.extend((m.start(), m.end(), _TAG) for m in REPLACEMENT.finditer(text))
+        if len(hits) > 1:
+            hits.sort(key=_rank)
+        allow = self._allow
+        # the spans kept so far, sorted and disjoint: an overlap test is a bisection
+        starts: list[int] = []
+        kept: list[tuple[int, int, str]] = []
         for start, end, entity in hits:
-            if end <= start or any(start < e and s < end for s, e, _ in taken):
+            if end <= start:
                 continue
-            value = text[start:end]
-            if _SPACE.sub(" ", value).strip().casefold() in self._allow:
+            k = bisect.bisect_right(starts, start)
+            if (k and kept[k - 1][1] > start) or (k < len(kept) and kept[k][0] < end):
+                if entity not in _FUZZY or (k and kept[k - 1][1] > start):
+                    continue
+                # a name or a place cut by a stronger span ("Mr John Smithana@example.org"):
+                # keep the words before it, as a second pass over the result would find them
+                end = len(text[start : kept[k][0]].rstrip(_TRIM)) + start
+                if end <= start or not any(ch.isalpha() for ch in text[start:end]):
+                    continue
+            if allow and _SPACE.sub(" ", text[start:end]).strip().casefold() in allow:
                 continue
-            taken.append((start, end, entity))
-        taken.sort()
-        return [Span(s, e, ent, text[s:e]) for s, e, ent in taken]
+            starts.insert(k, start)
+            kept.insert(k, (start, end, entity))
+        return [Span(s, e, ent, text[s:e]) for s, e, ent in kept if ent != _TAG]
 
     def replacement(self, span: Span) -> str:
         """The text that stands for ``span`` under its entity's mode."""
@@ -196,24 +223,60 @@ class PiiRedactor:
         return f"<{tag}>"
 
     def redact_text(self, text: str) -> str:
-        """``text`` with every PII span replaced."""
+        """``text`` with every PII span replaced.
+
+        Redacting the result again changes nothing: a replacement glued to a word
+        ("+14155550132José María" -> "+14155550132<PERSON>") changes the context of its
+        neighbour, so such a result is redacted once more (at most twice).
+        """
         if len(text) > self.params.max_chars:
             return "<REDACTED:TOO_LONG>"
         spans = self.find(text)
-        if not spans:
-            return text
+        for _ in range(3):
+            if not spans:
+                return text
+            text, glued = self._apply(text, spans)
+            if len(text) > self.params.max_chars:  # replacements can be longer than values
+                return "<REDACTED:TOO_LONG>"
+            if not glued:
+                break
+            spans = self.find(text)
+        return text
+
+    def _apply(self, text: str, spans: list[Span]) -> tuple[str, bool]:
+        """``text`` with ``spans`` replaced, and whether a replacement touches a word or a
+        number in the result."""
         out: list[str] = []
+        edges: list[int] = []  # where each replacement starts and ends in the result
         pos = 0
+        size = 0
         for span in spans:
-            out.append(text[pos : span.start])
-            out.append(self.replacement(span))
+            kept = text[pos : span.start]
+            new = self.replacement(span)
+            out.append(kept)
+            out.append(new)
+            size += len(kept)
+            edges.append(size)
+            size += len(new)
+            edges.append(size)
             pos = span.end
         out.append(text[pos:])
-        return "".join(out)
+        result = "".join(out)
+        glued = False
+        for k in range(0, len(edges), 2):
+            start, end = edges[k], edges[k + 1]
+            if start == end:
+                continue  # dropped
+            before = result[max(0, start - 2) : start]
+            after = result[end : end + 2]
+            if _glued(before[-1:], after[:1]) or _near_digit(before, after):
+                glued = True
+                break
+        return result, glued
 
     def __call__(self, event: Event) -> Event:
         """A copy of ``event`` with its free-text fields redacted."""
-        rt, rn = self.redact_text, self._redact_name
+        rt, rn = self._redact_field, self._redact_name
         if isinstance(event, InteractionEvent):
             b = event.body
             inp: Any = (
@@ -224,7 +287,7 @@ class PiiRedactor:
                 input=inp,
                 output=_opt(rt, b.output),
                 retrieved=[self._document(d) for d in b.retrieved],
-                metadata=self._value(b.metadata),
+                metadata=self._metadata(b.metadata),
                 tags=self._tags(b.tags),
             )
         elif isinstance(event, FeedbackEvent):
@@ -234,7 +297,7 @@ class PiiRedactor:
                 label=_opt(rn, f.label),
                 correction=_opt(rt, f.correction),
                 comment=_opt(rt, f.comment),
-                metadata=self._value(f.metadata),
+                metadata=self._metadata(f.metadata),
                 tags=self._tags(f.tags),
             )
         elif isinstance(event, SignalEvent):
@@ -242,30 +305,45 @@ class PiiRedactor:
             body = msgspec.structs.replace(
                 s,
                 text=_opt(rt, s.text),
-                target=_opt(rt, s.target),
-                metadata=self._value(s.metadata),
+                target=_opt(self._redact_target, s.target),
+                metadata=self._metadata(s.metadata),
             )
         else:  # pragma: no cover - the union is closed
             raise TypeError(f"not an event: {type(event).__name__}")
         return msgspec.structs.replace(event, body=body)
 
+    # Replacements can be longer than the values they replace ("a@b.io" -> "<EMAIL>"): each
+    # field is cut back to its contract limit so that the redacted event stays valid.
+
+    def _redact_field(self, text: str) -> str:
+        return self.redact_text(text)[: LIMITS.text_length]
+
+    def _redact_target(self, text: str) -> str:
+        return self.redact_text(text)[:_TARGET_LENGTH]
+
     def _redact_name(self, text: str) -> str:
         # fields with min_length=1 must not become empty under drop
-        return self.redact_text(text) or "<REDACTED>"
+        return self.redact_text(text)[: LIMITS.name_length] or "<REDACTED>"
 
     def _message(self, m: Message) -> Message:
         return msgspec.structs.replace(
-            m, content=_opt(self.redact_text, m.content), name=_opt(self._redact_name, m.name)
+            m, content=_opt(self._redact_field, m.content), name=_opt(self._redact_name, m.name)
         )
 
     def _document(self, d: RetrievedDocument) -> RetrievedDocument:
         return msgspec.structs.replace(
-            d, text=_opt(self.redact_text, d.text), source=_opt(self._redact_name, d.source)
+            d, text=_opt(self._redact_field, d.text), source=_opt(self._redact_name, d.source)
         )
 
     def _tags(self, tags: Iterable[str]) -> list[str]:
-        out = [self.redact_text(t)[:64] for t in tags]
+        out = [self.redact_text(t)[: LIMITS.tag_length] for t in tags]
         return [t for t in out if t]
+
+    def _metadata(self, metadata: Any) -> Any:
+        redacted = self._value(metadata)
+        if redacted != metadata and len(_JSON.encode(redacted)) > LIMITS.metadata_bytes:
+            return {"redacted": "<REDACTED:TOO_LONG>"}  # fail closed, stay within the contract
+        return redacted
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -275,6 +353,26 @@ class PiiRedactor:
         if isinstance(value, list):
             return [self._value(v) for v in value]
         return value
+
+
+def _glued(before: str, after: str) -> bool:
+    """Anything but a space or sentence punctuation right against a replacement ("::<EMAIL>",
+    "<SECRET>@", "<EMAIL>+1415..."): its context changed."""
+    return bool(before) and before not in _LOOSE or bool(after) and after not in _LOOSE
+
+
+_LOOSE = frozenset(" \t\n\r.,;!?\"'()[]")
+
+
+def _near_digit(before: str, after: str) -> bool:
+    """A digit one separator away ("1111 <CARD>"): digit runs with separators are read as
+    one number, so cutting one changes how its neighbours read."""
+    return (before[:1].isdigit() and before[1:] in _SEPARATORS) or (
+        after[1:].isdigit() and after[:1] in _SEPARATORS
+    )
+
+
+_SEPARATORS = frozenset(" -./()")
 
 
 def _opt(fn: Callable[[str], str], value: str | None) -> str | None:
