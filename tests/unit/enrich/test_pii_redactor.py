@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import msgspec
 import pytest
@@ -249,3 +250,18 @@ def test_redacted_events_keep_within_the_contract_limits() -> None:
     assert out.body.label is not None and len(out.body.label) == 256
     assert out.body.metadata == {"redacted": "<REDACTED:TOO_LONG>"}
     msgspec.json.decode(msgspec.json.encode(out), type=FeedbackEvent)
+
+
+@given(st.uuids(), st.binary(min_size=8, max_size=8), st.binary(min_size=16, max_size=16))
+@settings(max_examples=300)
+def test_uuids_trace_and_span_ids_are_never_redacted(
+    uuid: Any, span_id: bytes, trace_id: bytes
+) -> None:
+    text = f"order {uuid} trace {trace_id.hex()} span {span_id.hex()} upper {str(uuid).upper()}"
+    assert PiiRedactor().redact_text(text) == text
+
+
+def test_a_card_or_an_iban_is_still_found_though_it_is_all_hex_digits() -> None:
+    r = PiiRedactor()
+    assert r.redact_text("card 4111111111111111") == "card <CARD>"
+    assert r.redact_text("iban DE89370400440532013000") == "iban <IBAN>"
