@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -130,9 +131,9 @@ def interaction_body(rng: random.Random, utts: list[Any]) -> dict[str, Any]:
     return {
         "input": [
             {"role": "system", "content": _SYSTEM},
-            {"role": "user", "content": u.text},
+            {"role": "user", "content": u.text + _UNIQUE},
         ],
-        "output": answer,
+        "output": answer + _UNIQUE,
         "session_id": f"s-{rng.getrandbits(48):012x}",
         "user_id": f"u-{rng.randrange(50_000):05d}",
         "model": {"name": model[0], "version": model[1], "provider": model[2]},
@@ -197,6 +198,21 @@ def feedback_event(rng: random.Random, utts: list[Any]) -> tuple[str, dict[str, 
     return "signal", body
 
 
+_SESSION = re.compile(rb'"session_id":"[^"]*"')
+# Filled per event with a word unique to it: users' inputs and the model's answers do not
+# repeat, while the system prompt, documents, metadata and tags do (the redactor caches those).
+_UNIQUE = " (case QQQQQQ)"
+
+
+def _word(n: int) -> bytes:
+    """``n`` as six lower-case letters."""
+    out = bytearray()
+    for _ in range(6):
+        n, r = divmod(n, 26)
+        out.append(97 + r)
+    return bytes(out)
+
+
 class EventFactory:
     """Serialised events with unique UUIDv7-shaped ids; bodies from a pre-encoded pool."""
 
@@ -213,6 +229,7 @@ class EventFactory:
             self.bodies.append((type_.encode(), msgspec.json.encode(body)))
         self.rng = rng
         self.salt = f"7{rng.getrandbits(12):03x}-{0x8000 | (seed & 0x3FFF):04x}"
+        self.seed = seed
         self.seq = 0
 
     def event(self) -> bytes:
@@ -224,6 +241,11 @@ class EventFactory:
         # UUIDv7-shaped and time-ordered like the SDK's ids; unique by (seed, sequence).
         event_id = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-{self.salt}-{self.seq:012x}".encode()
         ts = now.isoformat().encode()
+        # sessions of three turns, as in a chat (a pooled body's own session id would make
+        # sessions of thousands of turns, which the enrichment job re-reads again and again)
+        session = b"s-%s-%08x" % (self.salt.encode(), self.seq // 3)
+        body = _SESSION.sub(b'"session_id":"' + session + b'"', body, count=1)
+        body = body.replace(b"QQQQQQ", _word(self.seq * 7919 + self.seed))
         return b'{"id":"%s","type":"%s","timestamp":"%s","body":%s}' % (event_id, type_, ts, body)
 
     def batch(self, n: int = BATCH) -> bytes:
@@ -258,7 +280,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def create(cls, workdir: Path, database_url: str, **settings: str) -> Server:
+    def create(
+        cls, workdir: Path, database_url: str, *, pii: str = "default", **settings: str
+    ) -> Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOSEDLOOP_")}
         env.update(
             CLOSEDLOOP_DATA_DIR=str(workdir),
@@ -275,6 +299,14 @@ class Server:
             cwd=workdir,
         )
         server.key = json.loads(out.stdout)["secret_key"]
+        if pii == "off":  # the project's PII policy: redaction off (to measure its cost)
+            subprocess.run(
+                [sys.executable, "-m", "closedloop", "projects", "pii", "bench", "--disable"],
+                env=env,
+                capture_output=True,
+                check=True,
+                cwd=workdir,
+            )
         return server
 
     def start(self) -> None:
@@ -598,7 +630,8 @@ class FloorRows:
                 return v.strftime("%Y-%m-%d %H:%M:%S.%f")  # SQLAlchemy's SQLite format
             return v
 
-        columns = {t: [c.name for c in table.columns] for t, table in TABLES.items()}
+        # the columns the server writes (enrichment's columns are filled later, by the job)
+        columns: dict[str, list[str]] = {}
         received_at = utcnow()
         ledger, rows = [], []
         for raw in events:
@@ -606,7 +639,8 @@ class FloorRows:
             row = _row(PROJECT_ID, event)
             row["received_at"] = received_at
             ledger.append((PROJECT_ID, event.id, event.type, value(received_at)))
-            rows.append((event.type, tuple(value(row[c]) for c in columns[event.type])))
+            cols = columns.setdefault(event.type, list(row))
+            rows.append((event.type, tuple(value(row[c]) for c in cols)))
         return cls(ledger, rows, columns, {t: table.name for t, table in TABLES.items()})
 
     def transactions(self) -> Iterator[tuple[list[tuple[Any, ...]], dict[str, list[Any]]]]:
@@ -760,7 +794,7 @@ EXPECTED_RATE = {"interactions": 40_000, "feedback": 60_000}
 def bench_backend(backend: Backend, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     rows: list[Row] = []
     for i, mix in enumerate(("interactions", "feedback")):
-        server = Server.create(workdir, backend.fresh())
+        server = Server.create(workdir, backend.fresh(), pii=args.pii, **args.settings)
         server.workers = args.server_workers
         server.start()
         try:
@@ -798,7 +832,12 @@ def bench_backend(backend: Backend, args: argparse.Namespace, workdir: Path) -> 
         rows.append(row)
         _print_row(row)
     # Overload: a small write queue and many more clients than the server can take.
-    server = Server.create(workdir, backend.fresh(), write_queue_events=str(args.overload_queue))
+    server = Server.create(
+        workdir,
+        backend.fresh(),
+        pii=args.pii,
+        **{**args.settings, "write_queue_events": str(args.overload_queue)},
+    )
     server.workers = args.server_workers
     server.start()
     try:
@@ -865,12 +904,26 @@ def main() -> None:
     )
     parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL)
     parser.add_argument(
+        "--pii",
+        choices=("default", "off"),
+        default="default",
+        help="the project's PII redaction: the default policy (every entity masked) or off",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a server setting, e.g. run_worker=false (repeatable)",
+    )
+    parser.add_argument(
         "--profile",
         choices=("cpu", "gil"),
         help="py-spy the server during each mix: every busy thread (cpu) or only the GIL "
         "holder (gil); raw stacks go to bench/results/",
     )
     args = parser.parse_args()
+    args.settings = dict(item.split("=", 1) for item in args.set)
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
     print(
         f"{'backend':<10} {'mix':<12} {'cl':>3} {'events/s':>9} {'p50 ms':>7} {'p99 ms':>7} "

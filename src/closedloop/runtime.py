@@ -77,6 +77,12 @@ class KeyCache:
         return origins
 
 
+def _warm_redaction() -> None:
+    from closedloop.enrich.pii import warm
+
+    warm()
+
+
 @dataclass
 class Runtime:
     """Everything a server process runs; ``start()``/``stop()`` bracket its life."""
@@ -164,6 +170,9 @@ class Runtime:
         if self.settings.auto_migrate:
             migrate.upgrade(self.engine)
         self.committer.start()
+        # The redactor's word lists take a second to load: in the background, so that the
+        # first batches do not wait for them (and a start does not either).
+        threading.Thread(target=_warm_redaction, name="closedloop-pii-warm", daemon=True).start()
         if self.worker is not None:
             self._worker_thread = self.worker.start_thread()
 

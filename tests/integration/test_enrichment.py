@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from prometheus_client import generate_latest
 
 from closedloop import make_event
+from closedloop.enrich.job import Enricher, EnrichParams
 from closedloop.enrich.measures import edit_similarity
 from closedloop.enrich.privacy import pseudonym
 from closedloop.runtime import Runtime
@@ -381,3 +382,22 @@ async def test_an_edit_of_an_empty_output_stores_a_null_ratio_not_invalid_json(
     with runtime.engine.connect() as conn:
         stored = conn.execute(sa.select(models.interactions.c.enrichment)).scalar_one()
     assert "Infinity" not in stored and json.loads(stored)["measures"]
+
+
+async def test_a_session_longer_than_the_window_keeps_its_count_and_enriches_every_turn(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    s = {"session_id": "long"}
+    await post(
+        client,
+        tenant,
+        *(event("interaction", {"input": f"question {n}", **s}, f"t{n}", n * 10) for n in range(7)),
+    )
+    enricher = Enricher(runtime.engine, EnrichParams(max_session_turns=3))
+    stats = enricher.run(now=T0 + dt.timedelta(seconds=100))
+    assert stats.interactions == 7, "the 3 recent turns with their session, the rest alone"
+    session = await get(client, tenant, "/v1/sessions/long")
+    assert session["turns"] == 7 and session["first_ts"] == at(0)
+    assert session["last_interaction_id"] == "t6"
+    waiting = await get(client, tenant, "/v1/enrichment")
+    assert waiting["interactions_waiting"] == 0

@@ -38,7 +38,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from closedloop.enrich.sessions import SessionParams, SessionResult, Turn, enrich_session, user_text
+from closedloop.enrich.sessions import (
+    SessionParams,
+    SessionResult,
+    Turn,
+    TurnResult,
+    enrich_session,
+    user_text,
+)
 from closedloop.events import Feedback, Interaction, Signal
 from closedloop.store import models
 from closedloop.store.db import utc, utcnow
@@ -51,6 +58,7 @@ _interaction = msgspec.json.Decoder(Interaction)
 _feedback = msgspec.json.Decoder(Feedback)
 _signal = msgspec.json.Decoder(Signal)
 _CHUNK = 400  # ids per IN (...) list
+_SESSION_KEY = ("project_id", "session_id")
 _LOCK_KEY = 0x636C_656E_7269_6368  # "clenrich": the advisory lock of the enrich job
 
 
@@ -206,23 +214,23 @@ class Enricher:
                 .limit(self.params.batch)
             ).all()
             due = self._due_sessions(conn, now)
-        sessions: set[tuple[int, str]] = set(due)
-        single: list[tuple[int, str]] = []
+        work: dict[int, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
+        for project_id, session_id in due:
+            work[project_id][0].add(session_id)
         for row in dirty:
+            sessions, single = work[row.project_id]
             if row.session_id is None:
-                single.append((row.project_id, row.id))
+                single.add(row.id)
             else:
-                sessions.add((row.project_id, row.session_id))
-        dirty_ids = {(r.project_id, r.id) for r in dirty}
-        for unit in _chunks(sorted(sessions), 50):
-            with self.engine.begin() as conn:
-                for project_id, session_id in unit:
-                    left = self._session(conn, project_id, session_id, now, stats)
-                    single.extend((project_id, i) for i in left if (project_id, i) in dirty_ids)
-        for unit in _chunks(single, 200):
-            with self.engine.begin() as conn:
-                for project_id, interaction_id in unit:
-                    self._single(conn, project_id, interaction_id, now, stats)
+                sessions.add(row.session_id)
+        for project_id, (sessions, single) in sorted(work.items()):
+            for part in _chunks(sorted(sessions), 100):
+                with self.engine.begin() as conn:
+                    older = self._sessions(conn, project_id, part, now, stats)
+                single |= older & {r.id for r in dirty if r.project_id == project_id}
+            for part in _chunks(sorted(single), 200):
+                with self.engine.begin() as conn:
+                    self._singles(conn, project_id, part, now, stats)
         self._counters.enriched.inc(stats.interactions)
         return stats
 
@@ -303,76 +311,120 @@ class Enricher:
 
     # -- one session, one interaction ---------------------------------------------------------
 
-    def _session(
+    def _sessions(
         self,
         conn: Connection,
         project_id: int,
-        session_id: str,
+        session_ids: Sequence[str],
         now: dt.datetime,
         stats: EnrichStats,
-    ) -> list[str]:
-        """Enrich a session's recent turns; return older marked ids it did not reach."""
+    ) -> set[str]:
+        """Enrich the recent turns of ``session_ids`` (in bulk: a few statements for all);
+        return the ids of marked interactions too old to be among them."""
         i = models.interactions
         limit = self.params.max_session_turns
-        rows = conn.execute(
-            sa.select(i.c.id, i.c.ts, i.c.user_id, i.c.body, i.c.enriched_at)
-            .where(i.c.project_id == project_id, i.c.session_id == session_id)
-            .order_by(i.c.ts.desc(), i.c.id.desc())
-            .limit(limit + 1)
-        ).all()
-        if not rows:
-            return []
-        older = [r.id for r in rows[limit:] if r.enriched_at is None]
-        rows = list(reversed(rows[:limit]))
-        turns = self._turns(conn, project_id, rows, stats)
-        result = enrich_session(turns, now=now, params=self.params.session)
-        self._save_turns(conn, project_id, result, now)
-        stats.interactions += len(result.turns)
-        stats.sessions += 1
-        count, first = len(rows), utc(rows[0].ts)
-        if older or len(rows) == limit:
-            count, first = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(i.c.ts)).where(
-                    i.c.project_id == project_id, i.c.session_id == session_id
-                )
-            ).one()
-            first = utc(first)
-        user_id = next((r.user_id for r in reversed(rows) if r.user_id is not None), None)
-        summary = result.summary
-        values = {
-            "user_id": user_id,
-            "first_ts": first,
-            "last_ts": summary.last_ts,
-            "turns": count,
-            "feedback_count": summary.feedback_count,
-            "signal_count": summary.signal_count,
-            "last_interaction_id": summary.last_interaction_id,
-            "abandoned": summary.abandoned,
-            "abandon_source": summary.abandon_source,
-            "mean_quality": summary.mean_quality,
-            "updated_at": now,
+        counts: dict[str, int] = dict(
+            conn.execute(
+                sa.select(i.c.session_id, sa.func.count())
+                .where(i.c.project_id == project_id, i.c.session_id.in_(session_ids))
+                .group_by(i.c.session_id)
+            ).all()
+        )
+        columns = (i.c.id, i.c.ts, i.c.session_id, i.c.user_id, i.c.body, i.c.enriched_at)
+        small = [sid for sid in session_ids if 0 < counts.get(sid, 0) <= limit]
+        rows: list[Any] = []
+        for part in _chunks(small, _CHUNK):
+            rows += conn.execute(
+                sa.select(*columns).where(i.c.project_id == project_id, i.c.session_id.in_(part))
+            ).all()
+        older: set[str] = set()
+        firsts: dict[str, dt.datetime] = {}
+        for sid in session_ids:
+            if counts.get(sid, 0) > limit:  # a long session: its most recent turns only
+                recent = conn.execute(
+                    sa.select(*columns)
+                    .where(i.c.project_id == project_id, i.c.session_id == sid)
+                    .order_by(i.c.ts.desc(), i.c.id.desc())
+                    .limit(limit)
+                ).all()
+                marked = conn.execute(
+                    sa.select(i.c.id).where(
+                        i.c.project_id == project_id,
+                        i.c.session_id == sid,
+                        i.c.enriched_at.is_(None),
+                    )
+                ).scalars()
+                older |= set(marked) - {r.id for r in recent}
+                rows += recent
+                first = conn.execute(
+                    sa.select(sa.func.min(i.c.ts)).where(
+                        i.c.project_id == project_id, i.c.session_id == sid
+                    )
+                ).scalar_one()
+                firsts[sid] = utc(first)
+        by_session: dict[str, list[Any]] = defaultdict(list)
+        for row in rows:
+            by_session[row.session_id].append(row)
+        ordered = {
+            sid: sorted(found, key=lambda r: (utc(r.ts), r.id)) for sid, found in by_session.items()
         }
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        upsert = dialect.insert(models.sessions).values(
-            project_id=project_id, session_id=session_id, **values
+        turns = self._turns(
+            conn, project_id, [r for found in ordered.values() for r in found], stats
         )
-        conn.execute(
-            upsert.on_conflict_do_update(index_elements=["project_id", "session_id"], set_=values)
-        )
+        results: list[SessionResult] = []
+        upserts: list[dict[str, Any]] = []
+        for sid, found in ordered.items():
+            result = enrich_session(
+                [turns[r.id] for r in found], now=now, params=self.params.session
+            )
+            results.append(result)
+            summary = result.summary
+            first = min(summary.first_ts, firsts.get(sid, summary.first_ts))
+            upserts.append(
+                {
+                    "project_id": project_id,
+                    "session_id": sid,
+                    "user_id": next(
+                        (r.user_id for r in reversed(found) if r.user_id is not None), None
+                    ),
+                    "first_ts": first,
+                    "last_ts": summary.last_ts,
+                    "turns": counts.get(sid, len(found)),
+                    "feedback_count": summary.feedback_count,
+                    "signal_count": summary.signal_count,
+                    "last_interaction_id": summary.last_interaction_id,
+                    "abandoned": summary.abandoned,
+                    "abandon_source": summary.abandon_source,
+                    "mean_quality": summary.mean_quality,
+                    "updated_at": now,
+                }
+            )
+        self._save_turns(conn, project_id, [t for r in results for t in r.turns], now)
+        if upserts:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(models.sessions)
+            update = {c: stmt.excluded[c] for c in upserts[0] if c not in _SESSION_KEY}
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=list(_SESSION_KEY), set_=update),
+                upserts,
+            )
+        stats.interactions += sum(len(r.turns) for r in results)
+        stats.sessions += len(results)
         return older
 
-    def _single(
+    def _singles(
         self,
         conn: Connection,
         project_id: int,
-        interaction_id: str,
+        interaction_ids: Sequence[str],
         now: dt.datetime,
         stats: EnrichStats,
     ) -> None:
+        """Enrich interactions on their own (no session: nothing derived from a timeline)."""
         i = models.interactions
         rows = conn.execute(
             sa.select(i.c.id, i.c.ts, i.c.body).where(
-                i.c.project_id == project_id, i.c.id == interaction_id
+                i.c.project_id == project_id, i.c.id.in_(interaction_ids)
             )
         ).all()
         if not rows:
@@ -384,12 +436,15 @@ class Enricher:
             abandon_after_seconds=self.params.session.abandon_after_seconds,
             derive=False,  # no session: nothing to derive a rephrase or abandonment from
         )
-        self._save_turns(conn, project_id, enrich_session(turns, now=now, params=params), now)
-        stats.interactions += 1
+        done = [
+            t for r in rows for t in enrich_session([turns[r.id]], now=now, params=params).turns
+        ]
+        self._save_turns(conn, project_id, done, now)
+        stats.interactions += len(done)
 
     def _turns(
         self, conn: Connection, project_id: int, rows: Sequence[Any], stats: EnrichStats
-    ) -> list[Turn]:
+    ) -> dict[str, Turn]:
         """Turns for ``rows`` (interactions in time order) with what refers to them, which
         is joined now (counting orphans that joined late)."""
         ids = [r.id for r in rows]
@@ -422,25 +477,25 @@ class Enricher:
                         feedback[ref].append((when, _feedback.decode(body)))
                     else:
                         signals[ref].append((when, _signal.decode(body)))
-        turns = []
+        turns: dict[str, Turn] = {}
         for r in rows:
             body = _interaction.decode(r.body)
-            turns.append(
-                Turn(
-                    id=r.id,
-                    ts=utc(r.ts),
-                    input_text=user_text(body.input),
-                    output=body.output,
-                    feedback=tuple(feedback[r.id]),
-                    signals=tuple(signals[r.id]),
-                )
+            turns[r.id] = Turn(
+                id=r.id,
+                ts=utc(r.ts),
+                input_text=user_text(body.input),
+                output=body.output,
+                feedback=tuple(feedback[r.id]),
+                signals=tuple(signals[r.id]),
             )
         return turns
 
     @staticmethod
     def _save_turns(
-        conn: Connection, project_id: int, result: SessionResult, now: dt.datetime
+        conn: Connection, project_id: int, done: Sequence[TurnResult], now: dt.datetime
     ) -> None:
+        if not done:
+            return
         i = models.interactions
         stmt = (
             i.update()
@@ -461,7 +516,7 @@ class Enricher:
                     "b_basis": t.quality.basis,
                     "b_enrichment": json.dumps(_enrichment_json(t)),
                 }
-                for t in result.turns
+                for t in done
             ],
         )
 

@@ -59,6 +59,7 @@ class ProjectRedactors:
         self.ttl = ttl
         self.plugins = tuple(plugins)
         self._cache: dict[int, tuple[float, Redactor]] = {}
+        self._built: dict[int, tuple[tuple[str, str | None], Redactor]] = {}
         self._lock = threading.Lock()
 
     def cached(self, project_id: int) -> Redactor | None:
@@ -74,13 +75,18 @@ class ProjectRedactors:
         if hit is not None:
             return hit
         policy_json, secret = self.source(project_id)
-        own = project_redactor(PiiPolicy.from_json(policy_json), secret=secret)
-        steps = ((own,) if own is not None else ()) + self.plugins
-        step = chain(steps)
+        built = self._built.get(project_id)
+        if built is not None and built[0] == (policy_json, secret):
+            step = built[1]  # unchanged: keep the step, and the redactor's warm cache
+        else:
+            own = project_redactor(PiiPolicy.from_json(policy_json), secret=secret)
+            step = chain(((own,) if own is not None else ()) + self.plugins)
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
+                self._built.clear()
             self._cache[project_id] = (time.monotonic() + self.ttl, step)
+            self._built[project_id] = ((policy_json, secret), step)
         return step
 
     def forget(self, project_id: int | None = None) -> None:
@@ -88,5 +94,7 @@ class ProjectRedactors:
         with self._lock:
             if project_id is None:
                 self._cache.clear()
+                self._built.clear()
             else:
                 self._cache.pop(project_id, None)
+                self._built.pop(project_id, None)

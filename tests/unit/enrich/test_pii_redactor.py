@@ -265,3 +265,14 @@ def test_a_card_or_an_iban_is_still_found_though_it_is_all_hex_digits() -> None:
     r = PiiRedactor()
     assert r.redact_text("card 4111111111111111") == "card <CARD>"
     assert r.redact_text("iban DE89370400440532013000") == "iban <IBAN>"
+
+
+def test_the_cache_gives_the_same_redaction_and_can_be_turned_off() -> None:
+    text = "Mail ana@example.org or call +1 415-555-0132"
+    cached, plain = PiiRedactor(), PiiRedactor(PiiParams(cache_entries=0))
+    assert cached.redact_text(text) == cached.redact_text(text) == plain.redact_text(text)
+    assert plain._cached is None
+    long = "x " * 1100 + text  # longer than the cached length: redacted every time
+    assert cached.redact_text(long).endswith("<EMAIL> or call <PHONE>")
+    with pytest.raises(ValueError, match="cache_entries"):
+        PiiParams(cache_entries=-1)

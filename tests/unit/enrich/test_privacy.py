@@ -424,3 +424,12 @@ def test_no_policy_and_no_plugins_is_the_identity() -> None:
     redactors = ProjectRedactors(Source({1: '{"enabled": false}'}), ttl=3600)
     event = interaction(f"mail {EMAIL}", user_id="u-7")
     assert redactors.get(1)(event) is event
+
+
+def test_an_unchanged_policy_keeps_its_redactor_and_its_warm_cache() -> None:
+    policies = {"json": "{}"}
+    redactors = ProjectRedactors(lambda project_id: (policies["json"], "k"), ttl=0)
+    first = redactors.get(1)
+    assert redactors.get(1) is first, "re-read after the ttl, unchanged: the same step"
+    policies["json"] = '{"default_mode": "drop"}'
+    assert redactors.get(1) is not first, "a changed policy builds a new step"

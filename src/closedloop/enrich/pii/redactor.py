@@ -10,6 +10,7 @@ Examples
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import hmac
 import re
@@ -70,6 +71,7 @@ _FINDERS: dict[str, _Finder] = {
 _PRIORITY: dict[str, int] = {name: i for i, name in enumerate(ENTITY_TYPES)}
 _FUZZY = frozenset({"person", "location"})
 _TRIM = " \t\n,;:.-'’\"("
+_CACHED_CHARS = 2048  # texts up to this long are cached (repeated prompts, documents, tags)
 _TAG = "<tag>"  # a replacement already in the text, or an identifier: ranks first, unreported
 
 _NON_DIGIT = re.compile(r"\D")
@@ -111,6 +113,9 @@ class PiiParams:
         rather than spend unbounded time (default 200,000, twice the contract's text limit).
     hash_chars
         Hex digits of the pseudonym (default 8).
+    cache_entries
+        Redactions of short texts (up to 2,048 characters) remembered, least recently used
+        first out (default 8,192; 0 turns the cache off).
     """
 
     entities: tuple[str, ...] = ENTITY_TYPES
@@ -120,6 +125,7 @@ class PiiParams:
     allowlist: frozenset[str] = frozenset()
     max_chars: int = 200_000
     hash_chars: int = 8
+    cache_entries: int = 8192
 
     def __post_init__(self) -> None:
         unknown = set(self.entities) - set(ENTITY_TYPES)
@@ -136,6 +142,8 @@ class PiiParams:
             raise ValueError("hash_chars must lie within [4, 64]")
         if self.max_chars < 1:
             raise ValueError("max_chars must be positive")
+        if self.cache_entries < 0:
+            raise ValueError("cache_entries must not be negative (0 turns the cache off)")
 
 
 def _rank(hit: tuple[int, int, str]) -> tuple[int, int, int]:
@@ -168,6 +176,13 @@ class PiiRedactor:
         )
         secret = self.params.secret
         self._key = secret.encode() if isinstance(secret, str) else (secret or b"")
+        # Per instance (a policy change builds a new redactor): raw text stays in this
+        # process's memory only, and a redaction is a pure function of the text.
+        self._cached: Callable[[str], str] | None = (
+            functools.lru_cache(maxsize=self.params.cache_entries)(self._redact_text)
+            if self.params.cache_entries
+            else None
+        )
 
     def find(self, text: str) -> list[Span]:
         """The PII spans of ``text``, sorted and non-overlapping."""
@@ -223,12 +238,18 @@ class PiiRedactor:
         return f"<{tag}>"
 
     def redact_text(self, text: str) -> str:
-        """``text`` with every PII span replaced.
+        """``text`` with every PII span replaced (from the cache when ``text`` is short and
+        was seen lately: system prompts, retrieved documents, tags repeat).
 
         Redacting the result again changes nothing: a replacement glued to a word
         ("+14155550132José María" -> "+14155550132<PERSON>") changes the context of its
         neighbour, so such a result is redacted once more (at most twice).
         """
+        if len(text) <= _CACHED_CHARS and self._cached is not None:
+            return self._cached(text)
+        return self._redact_text(text)
+
+    def _redact_text(self, text: str) -> str:
         if len(text) > self.params.max_chars:
             return "<REDACTED:TOO_LONG>"
         spans = self.find(text)
