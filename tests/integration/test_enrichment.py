@@ -4,6 +4,7 @@ per-project PII policy on the ingest path."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from typing import Any
@@ -393,11 +394,37 @@ async def test_a_session_longer_than_the_window_keeps_its_count_and_enriches_eve
         tenant,
         *(event("interaction", {"input": f"question {n}", **s}, f"t{n}", n * 10) for n in range(7)),
     )
+    await post(
+        client,
+        tenant,
+        event("feedback", {"interaction_id": "t0", "thumbs": 1}, "f-old", 1),
+        event("feedback", {"interaction_id": "t6", "thumbs": 1}, "f-new", 61),
+        event("signal", {"interaction_id": "t1", "kind": "copy"}, "s-old", 11),
+    )
     enricher = Enricher(runtime.engine, EnrichParams(max_session_turns=3))
     stats = enricher.run(now=T0 + dt.timedelta(seconds=100))
     assert stats.interactions == 7, "the 3 recent turns with their session, the rest alone"
+    assert stats.joined == 3, "every join is counted, wherever it happened"
     session = await get(client, tenant, "/v1/sessions/long")
     assert session["turns"] == 7 and session["first_ts"] == at(0)
+    assert (session["feedback_count"], session["signal_count"]) == (2, 1), "the whole session"
+    assert session["interaction_ids"] == [f"t{n}" for n in range(7)]
+    assert session["interaction_ids_truncated"] is False
     assert session["last_interaction_id"] == "t6"
     waiting = await get(client, tenant, "/v1/enrichment")
     assert waiting["interactions_waiting"] == 0
+
+
+async def test_a_time_outside_the_representable_range_is_a_400_not_a_500(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    for params, field in (
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since"),
+        ({"until": "9999-12-31T23:59:59-01:00"}, "until"),
+    ):
+        r = await client.get("/v1/interactions", params=params, headers=tenant.headers())
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == field
+    cursor = base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+01:00", "a"]').decode()
+    r = await client.get("/v1/feedback", params={"cursor": cursor}, headers=tenant.headers())
+    assert r.status_code == 400 and r.json()["field"] == "cursor"

@@ -339,6 +339,7 @@ class Enricher:
             ).all()
         older: set[str] = set()
         firsts: dict[str, dt.datetime] = {}
+        totals: dict[str, dict[str, int]] = defaultdict(dict)  # long sessions: whole counts
         for sid in session_ids:
             if counts.get(sid, 0) > limit:  # a long session: its most recent turns only
                 recent = conn.execute(
@@ -362,6 +363,19 @@ class Enricher:
                     )
                 ).scalar_one()
                 firsts[sid] = utc(first)
+                for name, table in (("feedback", models.feedback), ("signals", models.signals)):
+                    totals[sid][name] = conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(table)
+                        .join(
+                            i,
+                            sa.and_(
+                                i.c.project_id == table.c.project_id,
+                                i.c.id == table.c.interaction_id,
+                            ),
+                        )
+                        .where(table.c.project_id == project_id, i.c.session_id == sid)
+                    ).scalar_one()
         by_session: dict[str, list[Any]] = defaultdict(list)
         for row in rows:
             by_session[row.session_id].append(row)
@@ -390,8 +404,8 @@ class Enricher:
                     "first_ts": first,
                     "last_ts": summary.last_ts,
                     "turns": counts.get(sid, len(found)),
-                    "feedback_count": summary.feedback_count,
-                    "signal_count": summary.signal_count,
+                    "feedback_count": totals[sid].get("feedback", summary.feedback_count),
+                    "signal_count": totals[sid].get("signals", summary.signal_count),
                     "last_interaction_id": summary.last_interaction_id,
                     "abandoned": summary.abandoned,
                     "abandon_source": summary.abandon_source,
@@ -461,11 +475,14 @@ class Enricher:
                 if late:
                     stats.late_joined += late
                     self._counters.late.labels(type_).inc(late)
-                conn.execute(
+                joined = conn.execute(
                     table.update()
                     .where(mine, table.c.join_state == "pending")
                     .values(join_state="joined")
-                )
+                ).rowcount
+                if joined:
+                    stats.joined += joined
+                    self._counters.joined.labels(type_).inc(joined)
                 found = conn.execute(
                     sa.select(table.c.interaction_id, table.c.ts, table.c.body)
                     .where(mine)

@@ -60,6 +60,7 @@ class ProjectRedactors:
         self.plugins = tuple(plugins)
         self._cache: dict[int, tuple[float, Redactor]] = {}
         self._built: dict[int, tuple[tuple[str, str | None], Redactor]] = {}
+        self._generation = 0  # bumped by forget(): a read that raced it is not cached
         self._lock = threading.Lock()
 
     def cached(self, project_id: int) -> Redactor | None:
@@ -74,6 +75,7 @@ class ProjectRedactors:
         hit = self.cached(project_id)
         if hit is not None:
             return hit
+        generation = self._generation
         policy_json, secret = self.source(project_id)
         built = self._built.get(project_id)
         if built is not None and built[0] == (policy_json, secret):
@@ -82,6 +84,10 @@ class ProjectRedactors:
             own = project_redactor(PiiPolicy.from_json(policy_json), secret=secret)
             step = chain(((own,) if own is not None else ()) + self.plugins)
         with self._lock:
+            if generation != self._generation:
+                # forgotten while we read: what we read may predate the change, so it is
+                # used for this batch only (the next one reads the policy again)
+                return step
             if len(self._cache) > 10_000:
                 self._cache.clear()
                 self._built.clear()
@@ -92,6 +98,7 @@ class ProjectRedactors:
     def forget(self, project_id: int | None = None) -> None:
         """Drop the cached step of one project (or of all)."""
         with self._lock:
+            self._generation += 1
             if project_id is None:
                 self._cache.clear()
                 self._built.clear()

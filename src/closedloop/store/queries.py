@@ -82,7 +82,7 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         # compare instants in UTC: SQLite stores UTC wall time and drops any other offset
         when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
         return when, key
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ContractError(
             "cursor", "is not a cursor this API issued; pass next_cursor unchanged"
         ) from exc
@@ -94,6 +94,14 @@ def _text(field: str, value: str) -> str:
     if "\x00" in value:
         raise ContractError(field, "contains a NUL character (U+0000); remove it")
     return value
+
+
+def _instant(field: str, value: dt.datetime) -> dt.datetime:
+    """``value`` in UTC; a time that has none (year 1 at +01:00) is the caller's error."""
+    try:
+        return utc(value)
+    except OverflowError as exc:
+        raise ContractError(field, "lies outside the representable range of times") from exc
 
 
 def _when(value: Any) -> str | None:
@@ -185,9 +193,9 @@ def list_interactions(
             query = query.where(column == _text(name, value))
     # in UTC, naive as UTC: SQLite stores UTC wall time and would drop any other offset
     if filters.since is not None:
-        query = query.where(t.c.ts >= utc(filters.since))
+        query = query.where(t.c.ts >= _instant("since", filters.since))
     if filters.until is not None:
-        query = query.where(t.c.ts < utc(filters.until))
+        query = query.where(t.c.ts < _instant("until", filters.until))
     if filters.feedback_kind is not None:
         fb = models.feedback
         query = query.where(
@@ -307,6 +315,9 @@ def list_feedback(
     return page
 
 
+_SESSION_IDS = 500
+
+
 def get_session(conn: Connection, project_id: int, session_id: str) -> dict[str, Any]:
     """A session's aggregates (kept by the enrichment job) and its interaction ids."""
     s, i = models.sessions, models.interactions
@@ -320,12 +331,13 @@ def get_session(conn: Connection, project_id: int, session_id: str) -> dict[str,
             f"no enriched session {session_id!r} in this project (enrichment runs every few "
             "seconds after its first interaction is stored)"
         )
-    ids = conn.execute(
+    recent = conn.execute(
         sa.select(i.c.id)
         .where(i.c.project_id == project_id, i.c.session_id == session_id)
-        .order_by(i.c.ts, i.c.id)
-        .limit(500)
+        .order_by(i.c.ts.desc(), i.c.id.desc())
+        .limit(_SESSION_IDS + 1)
     ).scalars()
+    ids = list(recent)
     return {
         "session_id": row.session_id,
         "user_id": row.user_id,
@@ -339,7 +351,9 @@ def get_session(conn: Connection, project_id: int, session_id: str) -> dict[str,
         "abandon_source": row.abandon_source,
         "mean_quality": row.mean_quality,
         "updated_at": _when(row.updated_at),
-        "interaction_ids": list(ids),
+        # the most recent ones, in time order
+        "interaction_ids": ids[:_SESSION_IDS][::-1],
+        "interaction_ids_truncated": len(ids) > _SESSION_IDS,
     }
 
 

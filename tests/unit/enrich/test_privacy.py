@@ -433,3 +433,18 @@ def test_an_unchanged_policy_keeps_its_redactor_and_its_warm_cache() -> None:
     assert redactors.get(1) is first, "re-read after the ttl, unchanged: the same step"
     policies["json"] = '{"default_mode": "drop"}'
     assert redactors.get(1) is not first, "a changed policy builds a new step"
+
+
+def test_a_policy_change_during_a_read_is_not_undone_by_the_stale_read() -> None:
+    stored = {"json": '{"enabled": false}'}
+    redactors: ProjectRedactors
+
+    def source(project_id: int) -> tuple[str, str | None]:
+        read = stored["json"]
+        stored["json"] = "{}"  # the PUT lands while this read is in flight ...
+        redactors.forget(project_id)  # ... and forgets the cached step
+        return read, "k"
+
+    redactors = ProjectRedactors(source, ttl=60)
+    redactors.get(1)  # built from the stale policy: used once, not cached
+    assert redactors.cached(1) is None
