@@ -538,7 +538,7 @@ class Enricher:
         )
 
 
-def _enrichment_json(turn: Any) -> dict[str, Any]:
+def _enrichment_json(turn: TurnResult) -> dict[str, Any]:
     return {
         # JSON has no infinity: a kept-length ratio over an empty output is stored as null
         "measures": [

@@ -93,32 +93,22 @@ class BernoulliCusum(MultiCusum):
         dispersion: float = 1.0,
     ) -> None:
         super().__init__()
-        if not (isinstance(arl0, int | float) and math.isfinite(arl0) and arl0 > 1):
-            raise ValueError(f"arl0 must be a finite number above 1, got {arl0!r}")
         drops = tuple(drops)
         if not drops or not all(isinstance(d, int | float) and 0 < d < 1 for d in drops):
             raise ValueError(
                 f"drops must be a non-empty sequence of values in (0, 1), got {drops!r}"
             )
-        if not (isinstance(warmup, int) and warmup >= 1):
-            raise ValueError(f"warmup must be an integer of at least 1, got {warmup!r}")
-        if direction not in ("down", "up", "both"):
-            raise ValueError(f"direction must be 'down', 'up' or 'both', got {direction!r}")
-        if not (isinstance(offset, int | float) and math.isfinite(offset)):
-            raise ValueError(f"offset must be a finite number, got {offset!r}")
-        if not (isinstance(dispersion, int | float) and 1 <= dispersion < math.inf):
-            raise ValueError(
-                f"dispersion must be a finite number of at least 1, got {dispersion!r}"
-            )
-        self.arl0 = float(arl0)
         self.drops = drops
-        self.warmup = warmup
         self.direction = direction
-        self.offset = float(offset)
-        self.dispersion = float(dispersion)
-        signs = {"down": (-1.0,), "up": (1.0,), "both": (-1.0, 1.0)}[direction]
-        self._shifts = tuple(sign * d for sign in signs for d in drops)
-        self._setup(len(self._shifts))
+        self._shifts = self._configure(
+            arl0=arl0,
+            warmup=warmup,
+            min_warmup=1,
+            direction=direction,
+            offset=offset,
+            dispersion=dispersion,
+            magnitudes=drops,
+        )
 
     def _check(self, x: float) -> float:
         x = float(x)

@@ -85,8 +85,6 @@ class GaussianCusum(MultiCusum):
         min_scale: float = 1e-6,
     ) -> None:
         super().__init__()
-        if not (isinstance(arl0, int | float) and math.isfinite(arl0) and arl0 > 1):
-            raise ValueError(f"arl0 must be a finite number above 1, got {arl0!r}")
         shifts = tuple(shifts)
         if not shifts or not all(
             isinstance(s, int | float) and math.isfinite(s) and s > 0 for s in shifts
@@ -94,28 +92,20 @@ class GaussianCusum(MultiCusum):
             raise ValueError(
                 f"shifts must be a non-empty sequence of positive numbers, got {shifts!r}"
             )
-        if not (isinstance(warmup, int) and warmup >= 2):
-            raise ValueError(f"warmup must be an integer of at least 2, got {warmup!r}")
-        if direction not in ("down", "up", "both"):
-            raise ValueError(f"direction must be 'down', 'up' or 'both', got {direction!r}")
-        if not (isinstance(offset, int | float) and math.isfinite(offset)):
-            raise ValueError(f"offset must be a finite number, got {offset!r}")
-        if not (isinstance(dispersion, int | float) and 1 <= dispersion < math.inf):
-            raise ValueError(
-                f"dispersion must be a finite number of at least 1, got {dispersion!r}"
-            )
         if not (isinstance(min_scale, int | float) and math.isfinite(min_scale) and min_scale > 0):
             raise ValueError(f"min_scale must be a positive number, got {min_scale!r}")
-        self.arl0 = float(arl0)
         self.shifts = shifts
-        self.warmup = warmup
         self.direction = direction
-        self.offset = float(offset)
-        self.dispersion = float(dispersion)
         self.min_scale = float(min_scale)
-        signs = {"down": (-1.0,), "up": (1.0,), "both": (-1.0, 1.0)}[direction]
-        self._deltas = tuple(sign * s for sign in signs for s in shifts)
-        self._setup(len(self._deltas))
+        self._deltas = self._configure(
+            arl0=arl0,
+            warmup=warmup,
+            min_warmup=2,
+            direction=direction,
+            offset=offset,
+            dispersion=dispersion,
+            magnitudes=shifts,
+        )
 
     def _models(
         self, n: float, total: float, total_sq: float

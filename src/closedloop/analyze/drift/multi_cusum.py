@@ -83,6 +83,40 @@ class MultiCusum(ChangeDetector):
     offset: float
     dispersion: float
 
+    def _configure(
+        self,
+        *,
+        arl0: float,
+        warmup: int,
+        min_warmup: int,
+        direction: str,
+        offset: float,
+        dispersion: float,
+        magnitudes: tuple[float, ...],
+    ) -> tuple[float, ...]:
+        """Check and store the parameters every multichart CUSUM shares, set up its state,
+        and return the signed shift of each chart (``magnitudes`` per ``direction``)."""
+        if not (isinstance(arl0, int | float) and math.isfinite(arl0) and arl0 > 1):
+            raise ValueError(f"arl0 must be a finite number above 1, got {arl0!r}")
+        if not (isinstance(warmup, int) and warmup >= min_warmup):
+            raise ValueError(f"warmup must be an integer of at least {min_warmup}, got {warmup!r}")
+        if direction not in ("down", "up", "both"):
+            raise ValueError(f"direction must be 'down', 'up' or 'both', got {direction!r}")
+        if not (isinstance(offset, int | float) and math.isfinite(offset)):
+            raise ValueError(f"offset must be a finite number, got {offset!r}")
+        if not (isinstance(dispersion, int | float) and 1 <= dispersion < math.inf):
+            raise ValueError(
+                f"dispersion must be a finite number of at least 1, got {dispersion!r}"
+            )
+        self.arl0 = float(arl0)
+        self.warmup = warmup
+        self.offset = float(offset)
+        self.dispersion = float(dispersion)
+        signs = {"down": (-1.0,), "up": (1.0,), "both": (-1.0, 1.0)}[direction]
+        signed = tuple(sign * m for sign in signs for m in magnitudes)
+        self._setup(len(signed))
+        return signed
+
     def _setup(self, n_charts: int) -> None:
         self._k = n_charts
         self._n = 0  # observations seen since creation
