@@ -25,6 +25,10 @@ from closedloop.settings import Settings
 from closedloop.store import migrate
 from closedloop.store.db import create_engine
 
+# Servers the tests start embed with the lexical fallback: loading the sentence model costs
+# ~10 s and ~0.5 GB per process. The tests of the model itself ask for it by name.
+os.environ.setdefault("CLOSEDLOOP_EMBEDDER", "lexical")
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "CLOSEDLOOP_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

@@ -69,3 +69,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+
+def __getattr__(name: str) -> object:
+    """``closedloop.query``: SQL over both tiers (the server extra; duckdb loads on first use)."""
+    if name == "query":
+        from closedloop.store.olap import query
+
+        return query
+    raise AttributeError(f"module 'closedloop' has no attribute {name!r}")

@@ -399,3 +399,7 @@ def import_(
 def main() -> None:
     """Entry point of the ``closedloop`` command."""
     app()
+
+
+# The storage commands register themselves on ``app`` and ``projects_app``.
+from closedloop import cli_storage as _cli_storage  # noqa: E402,F401

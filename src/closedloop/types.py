@@ -57,10 +57,12 @@ class PreparedEvent:
 
 @dataclass(frozen=True, kw_only=True)
 class EventResult:
-    """The outcome of one event: ``stored``, ``duplicate`` or ``rejected`` (with the field)."""
+    """The outcome of one event: ``stored``, ``duplicate``, ``rejected`` (with the field) or
+    ``dropped`` (valid, deliberately not stored: its user was erased and the project drops
+    such events)."""
 
     id: str | None
-    status: Literal["stored", "duplicate", "rejected"]
+    status: Literal["stored", "duplicate", "rejected", "dropped"]
     field: str | None = None
     message: str | None = None
 
@@ -69,6 +71,8 @@ class EventResult:
         out: dict[str, Any] = {"id": self.id, "status": self.status}
         if self.status == "rejected":
             out["error"] = {"field": self.field, "message": self.message}
+        elif self.status == "dropped":
+            out["reason"] = self.message
         return out
 
 

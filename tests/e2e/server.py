@@ -116,6 +116,8 @@ class LiveServer:
             CLOSEDLOOP_DATA_DIR=str(self.data_dir),
             CLOSEDLOOP_DATABASE_URL=self.database_url,
             CLOSEDLOOP_LOG_LEVEL="INFO",  # uvicorn's access log and shutdown messages
+            # the lexical embedder: loading the sentence model costs each server ~10 s of CPU
+            CLOSEDLOOP_EMBEDDER="lexical",
             PYTHONUNBUFFERED="1",
         )
         env.update(self.extra_env)

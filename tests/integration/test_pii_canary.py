@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from google.protobuf import json_format  # type: ignore[import-untyped]
@@ -706,7 +708,53 @@ def canary_run(
     run.logs["python logging (this process)"] = "\n".join(records.lines).encode()
     run.database = _dump_tables(server.database_url)
     run.bodies = _bodies(server.database_url, run.stored_ids)
+    _through_the_lake(server, run, root)
     yield run
+
+
+def _closedloop(server: LiveServer, *args: str) -> bytes:
+    done = subprocess.run(
+        [sys.executable, "-m", "closedloop", *args],
+        cwd=server.workdir,
+        env=server.environ(),
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done.stdout + done.stderr
+
+
+def _through_the_lake(server: LiveServer, run: CanaryRun, root: Path) -> None:
+    """The ways out added by the storage tiers: every row tiered to the lake, embedded, then
+    read back through ``closedloop query`` and ``closedloop search``; the lake's Parquet files
+    are scanned decoded (their pages are compressed) and raw (their statistics are not)."""
+    _closedloop(server, "enrich")
+    _closedloop(server, "projects", "retention", PROJECT, "--hot-days", "0.00001")
+    moved = _closedloop(server, "tier")
+    assert b"0 rows in 0 files" not in moved, moved
+    run.answers["closedloop embed"] = _closedloop(server, "embed")
+    for view in ("interactions", "feedback", "signals"):
+        run.answers[f"closedloop query {view}"] = _closedloop(
+            server, "query", f"SELECT * FROM {view}", "--project", PROJECT, "--format", "json"
+        )
+    queried = b"".join(v for k, v in run.answers.items() if k.startswith("closedloop query"))
+    assert b"EMAIL" in queried, "positive control: the query answers hold the masked rows"
+    run.answers["closedloop search"] = _closedloop(
+        server, "search", "card number email", "--project", PROJECT, "-k", "50"
+    )
+    files = _read_files(root, "after tiering")
+    lake = {name: data for name, data in files.items() if name.endswith(".parquet")}
+    assert lake, "positive control: the lake holds files"
+    for name, data in lake.items():
+        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
+        files[f"{name} (decoded rows)"] = json.dumps(rows, default=str).encode()
+    run.files.update(files)
+    run.database.update(
+        {
+            f"{name} (after tiering)": dump
+            for name, dump in _dump_tables(server.database_url).items()
+        }
+    )
 
 
 # -- tests ---------------------------------------------------------------------------------

@@ -234,6 +234,8 @@ class World:
             f"/v1/sessions/{A_SESSION}",
             "/v1/enrichment",
             "/v1/project/pii",
+            "/v1/project/retention",
+            "/v1/lake",
         ):
             r = await self.client.get(url, headers=h)
             assert r.status_code == 200, (url, r.text)
@@ -252,7 +254,10 @@ async def world(
     policy = {"modes": {"email": "hash"}, "allowlist": ["acme-support@example.com"]}
     r = await client.put("/v1/project/pii", json=policy, headers=tenant.headers())
     assert r.status_code == 200, r.text
+    r = await client.put("/v1/project/retention", json={"hot_days": 7}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
     runtime.enricher.run()
+    runtime.embedding_job().run()
     w = World(client, runtime, tenant, other_tenant, openapi, {})
     for method, path in ROUTES:
         if method == "GET" and path.startswith("/v1") and "cursor" in w.query_params(path):
@@ -381,6 +386,123 @@ async def check_put_pii(w: World, path: str) -> None:
     assert await w.a_view() == before
     r = await w.client.get(path, headers=w.b.headers())
     assert r.json()["enabled"] is False
+
+
+async def check_get_retention(w: World, path: str) -> None:
+    """GET of the retention: B's secret key sees B's (default) retention, never A's."""
+    for who, headers in w.callers().items():
+        r = await w.client.get(path, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+            assert r.json()["hot_days"] == 30.0
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    r = await w.client.get(path, headers=w.a.headers())
+    assert r.json()["hot_days"] == 7.0
+
+
+async def check_put_retention(w: World, path: str) -> None:
+    """PUT of the retention: B's secret key changes B's only; others get 401."""
+    before = await w.a_view()
+    for who, headers in w.callers().items():
+        r = await w.client.put(path, json={"hot_days": 3, "cold_days": 9}, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    assert await w.a_view() == before
+    r = await w.client.get(path, headers=w.b.headers())
+    assert r.json()["cold_days"] == 9.0
+
+
+async def check_search(w: World, path: str) -> None:
+    """Semantic search: B's secret key, searching with A's own words and A's segment, finds
+    nothing of A's; A finds its texts (positive control)."""
+    variants = [
+        {"q": "how do I vent the reactor"},
+        {"q": "wrong valve", "kind": "comment"},
+        {"q": "vent the reactor", "model": A_MODEL, "model_version": A_MODEL_VERSION},
+        {"q": "vent the reactor", "prompt": A_PROMPT, "prompt_version": A_PROMPT_VERSION},
+    ]
+    for params in variants:
+        for who, headers in w.callers().items():
+            r = await w.client.get(path, params=params, headers=headers)
+            if who == "B secret":
+                assert r.status_code == 200, r.text
+                assert r.json()["hits"] == [], (params, r.text)
+            else:
+                assert_unauthorized(r, who)
+            assert_no_leak(r, echoed=list(params.values()), who=who)
+        r = await w.client.get(path, params=params, headers=w.a.headers())
+        assert r.status_code == 200, r.text
+        assert r.json()["hits"], f"positive control: A finds its own texts for {params}"
+
+
+async def check_query(w: World, path: str) -> None:
+    """SQL over both tiers: B's secret key sees only B's (empty) views, even when it names A's
+    ids or reads files; public keys and no key get 401; A sees its rows (positive control)."""
+    statements = [
+        "SELECT * FROM interactions",
+        "SELECT * FROM feedback",
+        "SELECT * FROM signals",
+        "SELECT * FROM sessions",
+        f"SELECT id, user_id FROM interactions WHERE user_id = '{A_USER}'",
+    ]
+    for sql in statements:
+        for who, headers in w.callers().items():
+            r = await w.client.post(path, json={"sql": sql}, headers=headers)
+            if who == "B secret":
+                assert r.status_code == 200, r.text
+                assert r.json()["data"] == [], (sql, r.text)
+            else:
+                assert_unauthorized(r, who)
+            assert_no_leak(r, echoed=[sql], who=who)
+        r = await w.client.post(path, json={"sql": sql}, headers=w.a.headers())
+        assert r.status_code == 200, r.text
+        assert r.json()["data"], f"positive control: A sees its rows for {sql}"
+    lake = str(w.runtime.settings.data_dir / "lake")
+    for sql in (
+        f"SELECT * FROM read_parquet('{lake}/**/*.parquet')",
+        f"SELECT * FROM read_text('{w.runtime.settings.data_dir}/closedloop.db')",
+        "ATTACH 'x.db' AS other",
+    ):
+        r = await w.client.post(path, json={"sql": sql}, headers=w.b.headers())
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == "sql"
+        assert_no_leak(r, echoed=[sql, lake], who="B secret")
+
+
+async def check_lake(w: World, path: str) -> None:
+    """GET of the lake summary: B's secret key sees B's (empty) lake only."""
+    for who, headers in w.callers().items():
+        r = await w.client.get(path, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+            assert r.json()["entities"] == {}
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+
+
+async def check_erase_user(w: World, path: str) -> None:
+    """DELETE of a user: B's secret key erasing A's user id removes nothing of A's; public
+    keys and no key get 401; A's later events for that user are still taken."""
+    before = await w.a_view()
+    url = path.replace("{user_id}", A_USER)
+    for who, headers in w.callers().items():
+        r = await w.client.delete(url, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+            assert r.json()["total_removed"] == 0, r.text
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, echoed=[A_USER], who=who)
+    assert await w.a_view() == before
+    event = make_event("interaction", {"input": "still welcome", "user_id": A_USER}, id="a-later")
+    r = await w.client.post("/v1/events", json={"events": [event]}, headers=w.a.headers())
+    assert r.json()["results"][0]["status"] == "stored", r.text
 
 
 async def check_list(w: World, path: str) -> None:
@@ -545,6 +667,12 @@ CASES: dict[tuple[str, str], Check] = {
     ("GET", "/v1/project"): check_project,
     ("GET", "/v1/project/pii"): check_get_pii,
     ("PUT", "/v1/project/pii"): check_put_pii,
+    ("GET", "/v1/project/retention"): check_get_retention,
+    ("PUT", "/v1/project/retention"): check_put_retention,
+    ("GET", "/v1/lake"): check_lake,
+    ("GET", "/v1/search"): check_search,
+    ("POST", "/v1/query"): check_query,
+    ("DELETE", "/v1/users/{user_id}"): check_erase_user,
     ("GET", "/openapi.json"): check_unauthenticated,
     ("GET", "/docs"): check_unauthenticated,
     ("GET", "/docs/oauth2-redirect"): check_unauthenticated,

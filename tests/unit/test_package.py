@@ -159,6 +159,8 @@ def render_type(annotation: Any) -> str:
     }
     if annotation in names:
         return names[annotation]
+    if typing.get_origin(annotation) is dict:
+        return "JSON object"
     raise TypeError(f"add {annotation!r} to render_type in {__file__}")
 
 

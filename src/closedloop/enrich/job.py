@@ -19,7 +19,6 @@ interaction, and a run that computed from an older snapshot is corrected by the 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -48,7 +47,7 @@ from closedloop.enrich.sessions import (
 )
 from closedloop.events import Feedback, Interaction, Signal
 from closedloop.store import models
-from closedloop.store.db import utc, utcnow
+from closedloop.store.db import single_flight, utc, utcnow
 
 __all__ = ["EnrichParams", "EnrichStats", "Enricher", "JoinStateCollector"]
 
@@ -172,7 +171,7 @@ class Enricher:
         returns at once (another worker is enriching), so workers never race on a session.
         """
         total = EnrichStats()
-        with self._single_flight() as mine:
+        with single_flight(self.engine, _LOCK_KEY) as mine:
             if not mine:
                 return total
             deadline = time.monotonic() + self.params.time_budget_seconds
@@ -181,21 +180,6 @@ class Enricher:
                 total.add(stats)
                 if not stats.busy or time.monotonic() > deadline:
                     return total
-
-    @contextlib.contextmanager
-    def _single_flight(self) -> Iterator[bool]:
-        if self.engine.dialect.name != "postgresql":
-            yield True  # SQLite: one writer at a time anyway
-            return
-        with self.engine.connect() as conn:
-            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(_LOCK_KEY))).scalar())
-            conn.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_KEY)))
-                    conn.commit()
 
     def run_once(self, *, now: dt.datetime | None = None) -> EnrichStats:
         """One pass: join, orphan, then enrich what is marked, session by session."""

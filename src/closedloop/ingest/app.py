@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from closedloop import __version__
 from closedloop.errors import (
     AuthError,
+    ConfigError,
     ContractError,
     NotFound,
     PayloadTooLarge,
@@ -27,7 +28,7 @@ from closedloop.errors import (
 from closedloop.ingest.body import UnsupportedMediaType
 from closedloop.ingest.cors import ProjectCors
 from closedloop.ingest.problems import problem
-from closedloop.ingest.routes import browser, events, ops, privacy, read
+from closedloop.ingest.routes import browser, events, ops, privacy, query, read, search, storage
 from closedloop.ingest.routes import otlp as otlp_routes
 from closedloop.runtime import Runtime
 from closedloop.settings import Settings, get_settings
@@ -73,6 +74,10 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(ContractError)
     async def _contract(_: Request, exc: ContractError) -> Response:
         return problem(400, "Bad request", f"{exc}", field=exc.field or None)
+
+    @app.exception_handler(ConfigError)
+    async def _config(_: Request, exc: ConfigError) -> Response:
+        return problem(400, "Bad request", str(exc), field=getattr(exc, "field", None))
 
     @app.exception_handler(AuthError)
     async def _auth(_: Request, exc: AuthError) -> Response:
@@ -166,6 +171,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     }
     post.pop("x-closedloop-batch", None)
     schema["components"]["schemas"]["PiiPolicy"] = privacy.policy_schema()
+    schema["components"]["schemas"]["Retention"] = storage.retention_schema()
     _document_problems(schema)
     schema["components"]["securitySchemes"] = {
         "bearer": {"type": "http", "scheme": "bearer", "description": "A project key."}
@@ -250,6 +256,9 @@ def create_app(
     app.include_router(events.router)
     app.include_router(read.router)
     app.include_router(privacy.router)
+    app.include_router(storage.router)
+    app.include_router(search.router)
+    app.include_router(query.router)
     app.include_router(ops.router)
     app.include_router(otlp_routes.router)
     app.include_router(browser.router)

@@ -32,6 +32,7 @@ from closedloop.events import (
 )
 from closedloop.ingest.committer import GroupCommitter
 from closedloop.ingest.metrics import IngestMetrics
+from closedloop.store.erased import ErasedCheck, ErasedUsers
 from closedloop.types import BatchResult, EventResult, PreparedEvent, ProjectKey, RedactorLookup
 
 __all__ = ["Ingestor", "Pending", "decode_batch"]
@@ -182,6 +183,15 @@ def _row(project_id: int, event: Event) -> dict[str, Any]:
     return _signal_row(project_id, event)
 
 
+def _names_erased(event: Event, erased: ErasedCheck) -> bool:
+    body: Any = event.body
+    for name in ("user_id", "given_by"):
+        value = getattr(body, name, None)
+        if value is not None and erased(value):
+            return True
+    return False
+
+
 def _raw_id(raw: bytes) -> str | None:
     try:
         value = _id_decoder.decode(raw).id
@@ -211,6 +221,9 @@ class Ingestor:
     redactors
         Each project's synchronous redaction step, applied to every event before the commit
         (none: events are stored as sent).
+    erased
+        Each project's erased users: their later events are refused or dropped, as the
+        project's retention says, and counted.
     """
 
     def __init__(
@@ -219,10 +232,12 @@ class Ingestor:
         metrics: IngestMetrics,
         *,
         redactors: RedactorLookup | None = None,
+        erased: ErasedUsers | None = None,
     ) -> None:
         self.committer = committer
         self.metrics = metrics
         self.redactors = redactors
+        self.erased = erased
 
     def prepare(self, key: ProjectKey, raws: Sequence[bytes | msgspec.Raw]) -> Pending:
         """Decode, validate and redact ``raws``; reject what fails, with the field."""
@@ -232,6 +247,7 @@ class Ingestor:
         slots: list[int] = []
         seen: set[str] = set()
         redact = self.redactors.get(key.project_id) if self.redactors is not None else None
+        erased = self.erased.checker(key.project_id) if self.erased is not None else None
         for i, raw in enumerate(raws):
             data = bytes(raw)
             try:
@@ -257,6 +273,19 @@ class Ingestor:
                     id=_raw_id(data), status="rejected", field=exc.field, message=exc.message
                 )
                 self.metrics.rejected(_reason(exc.field))
+                continue
+            if erased is not None and _names_erased(event, erased):
+                if erased.mode == "drop":
+                    results[i] = EventResult(id=event.id, status="dropped", message="erased_user")
+                    self.metrics.dropped("erased_user", 1)
+                else:
+                    results[i] = EventResult(
+                        id=event.id,
+                        status="rejected",
+                        field="body.user_id",
+                        message="this user's data was erased; the project refuses their events",
+                    )
+                    self.metrics.rejected("erased_user")
                 continue
             if event.id in seen:
                 results[i] = EventResult(id=event.id, status="duplicate")
@@ -316,7 +345,10 @@ class Ingestor:
         redacting a large batch or a long text takes milliseconds).
         """
         small = len(raws) <= _INLINE_EVENTS and sum(len(r) for r in raws) <= _INLINE_BYTES
-        if small and (self.redactors is None or self.redactors.cached(key.project_id)):
+        at_hand = (
+            self.redactors is None or self.redactors.cached(key.project_id) is not None
+        ) and (self.erased is None or self.erased.cached(key.project_id))
+        if small and at_hand:
             pending = self.prepare(key, raws)
         else:
             pending = await asyncio.to_thread(self.prepare, key, raws)

@@ -48,7 +48,13 @@ class EmbeddedTransport:
                 from closedloop.types import ProjectKey
 
                 # The worker runs the enrichment job here too: the same code as the server.
-                options: dict[str, Any] = {"run_worker": True, **self.settings}
+                # Not the embedding job: the app's process never loads the embedding model
+                # (a `closedloop worker` beside it embeds).
+                options: dict[str, Any] = {
+                    "run_worker": True,
+                    "embed_in_worker": False,
+                    **self.settings,
+                }
                 settings = Settings(database_url=self.database_url, **options)
                 runtime = Runtime.build(settings)
                 runtime.start()

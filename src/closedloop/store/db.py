@@ -6,7 +6,9 @@ every connection the pool hands out gets the pragmas, and a test checks each one
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, overload
 
@@ -15,7 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from closedloop.errors import ConfigError
 
-__all__ = ["create_engine", "is_postgresql", "is_sqlite", "utc", "utcnow"]
+__all__ = ["create_engine", "is_postgresql", "is_sqlite", "single_flight", "utc", "utcnow"]
 
 
 def utcnow() -> dt.datetime:
@@ -44,6 +46,25 @@ def is_sqlite(engine: Engine) -> bool:
 def is_postgresql(engine: Engine) -> bool:
     """Whether ``engine`` talks to PostgreSQL."""
     return engine.dialect.name == "postgresql"
+
+
+@contextlib.contextmanager
+def single_flight(engine: Engine, key: int) -> Iterator[bool]:
+    """Whether this process may run the job that ``key`` names, now: on PostgreSQL a session
+    advisory lock (one holder across processes and machines; ``False`` while another holds
+    it), on SQLite always ``True`` (one writer at a time anyway)."""
+    if not is_postgresql(engine):
+        yield True
+        return
+    with engine.connect() as conn:
+        got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+        conn.commit()
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                conn.commit()
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:

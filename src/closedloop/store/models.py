@@ -11,14 +11,20 @@ import sqlalchemy as sa
 
 __all__ = [
     "api_keys",
+    "embedding_cache",
+    "erased_users",
     "event_ids",
+    "export_files",
+    "export_users",
     "feedback",
     "interactions",
     "jobs",
+    "lake_files",
     "metadata",
     "projects",
     "sessions",
     "signals",
+    "vectors",
 ]
 
 metadata = sa.MetaData()
@@ -37,6 +43,8 @@ projects = sa.Table(
     # key of its keyed-hash pseudonyms.
     sa.Column("pii", sa.Text, nullable=False, server_default="{}"),
     sa.Column("pii_secret", sa.String(64), nullable=True),
+    # The project's retention (JSON of :class:`closedloop.store.retention.Retention`).
+    sa.Column("retention", sa.Text, nullable=False, server_default="{}"),
 )
 
 api_keys = sa.Table(
@@ -204,4 +212,97 @@ jobs = sa.Table(
     sa.Column("created_at", Ts, nullable=False),
     sa.Column("finished_at", Ts),
     sa.Index("ix_jobs_state_run_at", "state", "run_at"),
+)
+
+
+# The lake's manifest: one row per published Parquet file. A file is part of the lake exactly
+# when its row is here; the row is inserted in the same transaction that deletes the file's
+# rows from the hot tables, so every row is in one tier or the other, never both or neither.
+lake_files = sa.Table(
+    "lake_files",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("entity", sa.String(16), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    # relative to the lake's root URL, so a lake can be moved or mounted elsewhere
+    sa.Column("path", sa.String(512), nullable=False, unique=True),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=False),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+    sa.Column("min_ts", Ts, nullable=False),
+    sa.Column("max_ts", Ts, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Index("ix_lake_files_project_entity_day", "project_id", "entity", "day"),
+)
+
+# Embeddings of stored text (interaction inputs, corrections, comments), beside the hot rows.
+# ``seq`` is the key in the approximate-nearest-neighbour index.
+vectors = sa.Table(
+    "vectors",
+    metadata,
+    sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    # input (of an interaction), correction or comment (of feedback)
+    sa.Column("kind", sa.String(16), nullable=False),
+    # the interaction's id for an input, the feedback's id for a correction or comment
+    sa.Column("ref_id", sa.String(128), nullable=False),
+    sa.Column("interaction_id", sa.String(128), nullable=False),
+    sa.Column("user_id", sa.String(128)),
+    sa.Column("ts", Ts, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("text_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.UniqueConstraint("project_id", "model", "kind", "ref_id", name="uq_vectors_ref"),
+    sa.Index("ix_vectors_project_model_seq", "project_id", "model", "seq"),
+    sa.Index("ix_vectors_project_interaction", "project_id", "interaction_id"),
+    sa.Index("ix_vectors_project_ts", "project_id", "ts"),
+    # never reuse a deleted seq: the indexes follow the table by seq
+    sqlite_autoincrement=True,
+)
+
+# Embeddings by the hash of their text and the model that made them: a text is embedded once.
+embedding_cache = sa.Table(
+    "embedding_cache",
+    metadata,
+    sa.Column("model", sa.String(128), primary_key=True),
+    sa.Column("text_hash", sa.String(64), primary_key=True),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+# Erased end users, by a keyed hash of their stored id (never the id itself): events for them
+# that arrive later are refused or dropped, as the project's retention says.
+erased_users = sa.Table(
+    "erased_users",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("user_key", sa.String(64), primary_key=True),
+    sa.Column("erased_at", Ts, nullable=False),
+)
+
+# Files exported from the store (training sets, datasets) and, by keyed hash, whose rows each
+# holds: erasure removes the files that held an erased user.
+export_files = sa.Table(
+    "export_files",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("url", sa.String(1024), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("deleted_at", Ts),
+    sa.Index("ix_export_files_project", "project_id"),
+)
+
+export_users = sa.Table(
+    "export_users",
+    metadata,
+    sa.Column("export_id", BigId, primary_key=True),
+    sa.Column("user_key", sa.String(64), primary_key=True),
+    sa.Index("ix_export_users_user", "user_key"),
 )

@@ -212,6 +212,25 @@ class Projects:
         if not done:
             raise NotFound(f"no project with id {project_id}")
 
+    def retention(self, project_id: int) -> str:
+        """The project's retention (JSON text of :class:`closedloop.store.retention.Retention`)."""
+        p = models.projects
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(p.c.retention).where(p.c.id == project_id)).first()
+        if value is None:
+            raise NotFound(f"no project with id {project_id}")
+        return str(value[0])
+
+    def set_retention(self, project_id: int, retention_json: str) -> None:
+        """Replace the project's retention (JSON text, validated by the caller)."""
+        p = models.projects
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                p.update().where(p.c.id == project_id).values(retention=retention_json)
+            ).rowcount
+        if not done:
+            raise NotFound(f"no project with id {project_id}")
+
     def verify(self, key: str) -> ProjectKey:
         """The project and kind a key opens.
 

@@ -33,6 +33,7 @@ def batch_response(result: BatchResult) -> Response:
             "stored": result.count("stored"),
             "duplicate": result.count("duplicate"),
             "rejected": result.count("rejected"),
+            "dropped": result.count("dropped"),
             "results": [r.to_json() for r in result.results],
         }
     )
@@ -53,6 +54,7 @@ _RESULT_EXAMPLE = {
     "stored": 1,
     "duplicate": 1,
     "rejected": 1,
+    "dropped": 0,
     "results": [
         {"id": "0192f0c1-0000-7000-8000-000000000001", "status": "stored"},
         {"id": "0192f0c1-0000-7000-8000-000000000002", "status": "duplicate"},

@@ -1,0 +1,311 @@
+"""Erasure of one end user from every tier: hot rows, vectors, the lake, exports.
+
+``erase_user`` removes the user's interactions, the feedback and signals on them or given by
+them, their sessions, the vectors and cached embeddings of those texts, the lake rows of all
+of it (each affected Parquet file rewritten through the verified publish of
+:mod:`closedloop.store.lake.tiering`) and the export files that held the user. It records a
+tombstone first, so events for the user that arrive during or after the erasure are refused or
+dropped (:mod:`closedloop.store.erased`), and answers with a receipt of what it removed where.
+
+The user is looked up by the id the app sends and by its pseudonym (for projects that store
+``ids: hash``, or did at some time). It is safe to run again: a second run removes what a
+crashed first run left, and reports zeros when there is nothing left.
+
+On SQLite the deletes run with ``secure_delete`` (freed bytes are overwritten with zeros) and
+the WAL is checkpointed and truncated afterwards, so the erased bytes leave the files. On
+PostgreSQL dead tuples keep their bytes until VACUUM reuses the space and old WAL segments are
+recycled; run ``VACUUM`` after an erasure where that matters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from closedloop.enrich.privacy import pseudonym
+from closedloop.errors import ConfigError, NotFound
+from closedloop.store import models
+from closedloop.store.db import is_sqlite, utcnow
+from closedloop.store.erased import add_tombstones, user_key
+from closedloop.store.exports import exports_holding, mark_deleted
+from closedloop.store.lake import manifest
+from closedloop.store.lake.files import Lake
+from closedloop.store.lake.tiering import rewrite
+from closedloop.store.vectors.index import IndexManager
+
+__all__ = ["ErasureReceipt", "erase_user"]
+
+_CHUNK = 400
+
+
+@dataclass
+class ErasureReceipt:
+    """What an erasure removed, where."""
+
+    project_id: int
+    erased_at: dt.datetime
+    hot: dict[str, int] = field(default_factory=dict)
+    lake: list[dict[str, Any]] = field(default_factory=list)
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    indexes_dropped: bool = False
+
+    @property
+    def total(self) -> int:
+        """Rows removed in all (hot rows, vectors, cache entries and lake rows)."""
+        return sum(self.hot.values()) + sum(int(f["removed_rows"]) for f in self.lake)
+
+    def to_json(self) -> dict[str, Any]:
+        """The receipt as the API answers it."""
+        return {
+            "erased_at": self.erased_at.isoformat(),
+            "hot": dict(self.hot),
+            "lake": list(self.lake),
+            "exports": list(self.exports),
+            "indexes_dropped": self.indexes_dropped,
+            "total_removed": self.total,
+        }
+
+
+def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield list(items[start : start + _CHUNK])
+
+
+def _select_ids(conn: sa.Connection, column: Any, where: Any, values: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    items = sorted(set(values))
+    for chunk in _chunks(items):
+        found.update(r[0] for r in conn.execute(sa.select(column).where(where(chunk))))
+    return found
+
+
+def _delete(conn: sa.Connection, table: sa.Table, where: Any, values: Iterable[str]) -> int:
+    items = sorted(set(values))
+    return sum(
+        int(conn.execute(table.delete().where(where(chunk))).rowcount or 0)
+        for chunk in _chunks(items)
+    )
+
+
+def _lake_matches(
+    lake: Lake, file: manifest.LakeFile, columns: Sequence[str], forms: set[str], ids: set[str]
+) -> tuple[int, set[str]]:
+    """How many rows of ``file`` belong to the user, and the ids of those rows."""
+    with lake.open(file.path) as handle:
+        table = pq.read_table(handle, columns=["id", *columns])
+    mask = _mask(table, columns, forms, ids)
+    hit = table.filter(mask)
+    return hit.num_rows, {str(v) for v in hit.column("id").to_pylist()}
+
+
+def _mask(table: pa.Table, columns: Sequence[str], forms: set[str], ids: set[str]) -> pa.Array:
+    mask = pa.array([False] * table.num_rows, type=pa.bool_())
+    for name in columns:
+        values = pa.array(sorted(ids if name == "interaction_id" else forms), type=pa.string())
+        mask = pc.or_(mask, pc.fill_null(pc.is_in(table.column(name), value_set=values), False))
+    return mask
+
+
+_USER_COLUMNS = {
+    "interactions": ("user_id",),
+    "feedback": ("user_id", "given_by", "interaction_id"),
+    "signals": ("user_id", "interaction_id"),
+}
+
+
+def erase_user(
+    engine: Engine,
+    lake: Lake | None,
+    project_id: int,
+    user_id: str,
+    *,
+    indexes: IndexManager | None = None,
+) -> ErasureReceipt:
+    """Erase ``user_id`` (as the app sends it) from every tier of ``project_id``."""
+    if not user_id or len(user_id) > 128:
+        raise ConfigError("user_id must hold 1-128 characters: the id the app sends as user_id")
+    p = models.projects
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(p.c.pii_secret).where(p.c.id == project_id)).first()
+    if row is None:
+        raise NotFound(f"no project with id {project_id}")
+    secret = row.pii_secret
+    forms = {user_id, pseudonym(secret, user_id)} if secret else {user_id}
+    keys = [user_key(secret, form) for form in sorted(forms)]
+    receipt = ErasureReceipt(project_id=project_id, erased_at=utcnow())
+
+    # 1. The tombstone first: from here on the user's new events are kept out.
+    with engine.begin() as conn:
+        add_tombstones(conn, project_id, keys)
+
+    # 2. What the lake holds of the user (read only): their interaction ids, and the files.
+    lake_hits: list[tuple[manifest.LakeFile, int]] = []
+    interaction_ids: set[str] = set()
+    if lake is not None:
+        with engine.connect() as conn:
+            files = manifest.published(conn, project_id)
+        for entity in ("interactions", "feedback", "signals"):
+            for file in (f for f in files if f.entity == entity):
+                count, hit_ids = _lake_matches(
+                    lake, file, _USER_COLUMNS[entity], forms, interaction_ids
+                )
+                if entity == "interactions":
+                    interaction_ids |= hit_ids
+                if count:
+                    lake_hits.append((file, count))
+
+    # 3. The hot tables, vectors and cached embeddings, in one transaction.
+    i, f, s, ss = models.interactions, models.feedback, models.signals, models.sessions
+    v, cache = models.vectors, models.embedding_cache
+    with engine.begin() as conn:
+        if is_sqlite(engine):
+            conn.exec_driver_sql("PRAGMA secure_delete=ON")
+        hot_interactions = _select_ids(
+            conn, i.c.id, lambda c: sa.and_(i.c.project_id == project_id, i.c.user_id.in_(c)), forms
+        )
+        interaction_ids |= hot_interactions
+        session_ids = {
+            r[0]
+            for chunk in _chunks(sorted(hot_interactions))
+            for r in conn.execute(
+                sa.select(i.c.session_id).where(
+                    i.c.project_id == project_id, i.c.id.in_(chunk), i.c.session_id.is_not(None)
+                )
+            )
+        }
+        session_ids |= _select_ids(
+            conn,
+            ss.c.session_id,
+            lambda c: sa.and_(ss.c.project_id == project_id, ss.c.user_id.in_(c)),
+            forms,
+        )
+        feedback_ids = _select_ids(
+            conn,
+            f.c.id,
+            lambda c: sa.and_(
+                f.c.project_id == project_id, sa.or_(f.c.user_id.in_(c), f.c.given_by.in_(c))
+            ),
+            forms,
+        ) | _select_ids(
+            conn,
+            f.c.id,
+            lambda c: sa.and_(f.c.project_id == project_id, f.c.interaction_id.in_(c)),
+            interaction_ids,
+        )
+        text_hashes = _select_ids(
+            conn,
+            v.c.text_hash,
+            lambda c: sa.and_(v.c.project_id == project_id, v.c.interaction_id.in_(c)),
+            interaction_ids,
+        ) | _select_ids(
+            conn,
+            v.c.text_hash,
+            lambda c: sa.and_(v.c.project_id == project_id, v.c.user_id.in_(c)),
+            forms,
+        )
+        hot = receipt.hot
+        hot["vectors"] = (
+            _delete(
+                conn,
+                v,
+                lambda c: sa.and_(v.c.project_id == project_id, v.c.interaction_id.in_(c)),
+                interaction_ids,
+            )
+            + _delete(
+                conn,
+                v,
+                lambda c: sa.and_(v.c.project_id == project_id, v.c.ref_id.in_(c)),
+                feedback_ids,
+            )
+            + _delete(
+                conn,
+                v,
+                lambda c: sa.and_(v.c.project_id == project_id, v.c.user_id.in_(c)),
+                forms,
+            )
+        )
+        hot["embedding_cache"] = _delete(
+            conn, cache, lambda c: cache.c.text_hash.in_(c), text_hashes
+        )
+        hot["feedback"] = _delete(
+            conn, f, lambda c: sa.and_(f.c.project_id == project_id, f.c.id.in_(c)), feedback_ids
+        )
+        hot["signals"] = _delete(
+            conn,
+            s,
+            lambda c: sa.and_(
+                s.c.project_id == project_id,
+                sa.or_(s.c.user_id.in_(c), s.c.interaction_id.in_(c)),
+            ),
+            list(forms | interaction_ids),
+        )
+        hot["sessions"] = _delete(
+            conn,
+            ss,
+            lambda c: sa.and_(ss.c.project_id == project_id, ss.c.session_id.in_(c)),
+            session_ids,
+        )
+        hot["interactions"] = _delete(
+            conn,
+            i,
+            lambda c: sa.and_(i.c.project_id == project_id, i.c.id.in_(c)),
+            hot_interactions,
+        )
+
+    # 4. The lake: each affected file rewritten without the user's rows (verified publish).
+    if lake is not None:
+        for file, _count in lake_hits:
+            columns = _USER_COLUMNS[file.entity]
+
+            def keep(table: pa.Table, columns: Sequence[str] = columns) -> pa.Table:
+                return table.filter(pc.invert(_mask(table, columns, forms, interaction_ids)))
+
+            removed, new_file = rewrite(engine, lake, file, keep)
+            receipt.lake.append(
+                {
+                    "entity": file.entity,
+                    "path": file.path,
+                    "removed_rows": removed,
+                    "replaced_by": new_file.path if new_file is not None else None,
+                }
+            )
+
+    # 5. Exports that held the user: deleted (they can be made again without them).
+    with engine.begin() as conn:
+        held = exports_holding(conn, project_id, keys)
+        for export in held:
+            fs, path = fsspec.core.url_to_fs(export.url)
+            if fs.exists(path):
+                fs.rm(path)
+            receipt.exports.append({"kind": export.kind, "url": export.url, "rows": export.rows})
+        mark_deleted(conn, [e.id for e in held])
+
+    # 6. Vector indexes hold the vectors too: dropped, rebuilt from the table on next use.
+    if indexes is not None:
+        indexes.drop(project_id)
+        receipt.indexes_dropped = True
+
+    if is_sqlite(engine):
+        _checkpoint(engine)
+    return receipt
+
+
+def _checkpoint(engine: Engine, attempts: int = 20) -> None:
+    """Copy the WAL into the database file and truncate it (old page images hold the erased
+    bytes). A reader holding an old snapshot makes SQLite answer busy: retry briefly."""
+    for _ in range(attempts):
+        with engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()
+        if busy is None or not busy[0]:
+            return
+        time.sleep(0.05)
