@@ -53,7 +53,7 @@ def tier() -> None:
         report = Tierer(
             runtime.engine,
             runtime.lake,
-            hot_days_of=lambda pid: Retention.from_json(projects.retention(pid) or "{}").hot_days,
+            hot_days_of=lambda pid: Retention.stored(projects.retention(pid)).hot_days,
             file_rows=runtime.settings.tier_file_rows,
             time_budget_seconds=float("inf"),
         ).run()
@@ -166,8 +166,8 @@ def search(
                 since=since.replace(tzinfo=dt.UTC) if since and not since.tzinfo else since,
                 until=until.replace(tzinfo=dt.UTC) if until and not until.tzinfo else until,
             )
-        except ClosedLoopError as exc:
-            raise _fail(exc) from exc
+        except (ClosedLoopError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
     table = Table(
         "score", "kind", "interaction", "text", title=f"{embedder.name} ({embedder.kind})"
     )

@@ -89,7 +89,7 @@ class KeyCache:
 
 
 def _hot_days(projects: Projects, project_id: int) -> float:
-    return Retention.from_json(projects.retention(project_id) or "{}").hot_days
+    return Retention.stored(projects.retention(project_id)).hot_days
 
 
 def _warm_redaction() -> None:
@@ -235,7 +235,16 @@ class Runtime:
 
     def erase_user(self, project_id: int, user_id: str) -> ErasureReceipt:
         """Erase one end user from every tier (see :mod:`closedloop.store.erasure`)."""
-        receipt = erase_user(self.engine, self.lake, project_id, user_id, indexes=self.indexes)
+        receipt = erase_user(
+            self.engine,
+            self.lake,
+            project_id,
+            user_id,
+            indexes=self.indexes,
+            on_tombstone=lambda: self.erased.forget(project_id),
+            # other processes see the tombstone within their cache's lifetime
+            settle_seconds=self.settings.auth_cache_seconds,
+        )
         self.erased.forget(project_id)
         with self._embedder_lock:
             if self._embedder is not None:  # its memory holds embeddings of the erased texts
@@ -256,7 +265,7 @@ class Runtime:
                 "first_day": min(f.day for f in mine).isoformat(),
                 "last_day": max(f.day for f in mine).isoformat(),
             }
-        policy = Retention.from_json(self.projects.retention(project_id) or "{}")
+        policy = Retention.stored(self.projects.retention(project_id))
         return {"url": self.lake.uri(""), "entities": entities, "retention": policy.to_json()}
 
     def start(self) -> None:

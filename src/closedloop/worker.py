@@ -128,7 +128,9 @@ class Worker:
     def run_once(self, limit: int = 10) -> int:
         """Lease and run up to ``limit`` due jobs; return how many ran."""
         self.queue.bury_expired()
-        jobs = self.queue.lease(self.name, limit=limit, lease_seconds=self.lease_seconds)
+        jobs = self.queue.lease(
+            self.name, limit=limit, lease_seconds=self.lease_seconds, kinds=self.handlers.keys()
+        )
         for job in jobs:
             handler = self.handlers.get(job.kind)
             if handler is None:

@@ -24,6 +24,7 @@ from closedloop.store.db import is_sqlite, utcnow
 from closedloop.store.exports import record_export
 from closedloop.store.lake import manifest
 from closedloop.store.lake.tiering import tier
+from closedloop.types import ProjectKey
 from tests.conftest import Tenant
 
 VICTIM = "victim-7c1e9a"
@@ -266,3 +267,54 @@ async def test_a_project_storing_hashed_ids_is_erased_by_the_id_the_app_sends(
     later = _events(VICTIM, "v2", CANARIES[1:2], utcnow())
     r = await client.post("/v1/events", json={"events": later}, headers=tenant.headers())
     assert [x["status"] for x in r.json()["results"]] == ["rejected"] * 3
+
+
+async def test_feedback_sent_later_on_an_erased_users_answer_is_kept_out(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    batch = _events(VICTIM, "v", CANARIES[:1], utcnow())
+    r = await client.post("/v1/events", json={"events": batch}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    r = await client.delete(f"/v1/users/{VICTIM}", headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    by_reviewer = make_event(
+        "feedback",
+        {"interaction_id": "v-i0", "comment": f"about {CANARIES[0]}", "given_by": "reviewer"},
+        id="review-1",
+    )
+    elsewhere = make_event(
+        "feedback", {"interaction_id": "someone-else", "thumbs": 1, "given_by": "reviewer"}
+    )
+    r = await client.post(
+        "/v1/events", json={"events": [by_reviewer, elsewhere]}, headers=tenant.headers()
+    )
+    assert [x["status"] for x in r.json()["results"]] == ["rejected", "stored"], r.text
+
+
+def test_vectors_of_texts_erased_while_they_were_embedded_are_not_stored(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    from closedloop.embed.base import text_hash
+    from closedloop.store.vectors.table import NewVector, insert_vectors
+
+    key = ProjectKey(project_id=tenant.project_id, project_name="acme", kind="secret", key_id=0)
+    raws = [json.dumps(e).encode() for e in _events(VICTIM, "v", CANARIES[:1], utcnow())]
+    assert runtime.ingestor.ingest(key, raws).count("stored") == 3
+    embedder = runtime.embedder()
+    # the job read the text, then the user was erased, then the job stores the vector
+    vector = embedder.embed([CANARIES[0]])[0]
+    runtime.erase_user(tenant.project_id, VICTIM)
+    late = NewVector(
+        project_id=tenant.project_id,
+        model=embedder.name,
+        kind="input",
+        ref_id="v-i0",
+        interaction_id="v-i0",
+        user_id=VICTIM,
+        ts=utcnow(),
+        vector=vector,
+        text_hash=text_hash(CANARIES[0]),
+    )
+    with runtime.engine.begin() as conn:
+        assert insert_vectors(conn, [late], require_source=True) == 0
+    assert _counts(runtime, tenant.project_id)["vectors"] == 0

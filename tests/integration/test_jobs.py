@@ -258,18 +258,18 @@ def test_run_once_fails_a_job_whose_handler_raises(jobs: JobQueue) -> None:
     assert row["last_error"] == "ValueError: no such report"
 
 
-def test_run_once_marks_a_job_of_an_unknown_kind_failed(jobs: JobQueue) -> None:
-    worker = Worker(jobs, {}, recurring=(), name="w1")
-    retried = jobs.enqueue("mystery.kind")
-    last = jobs.enqueue("mystery.kind", max_attempts=1)
-    assert retried is not None and last is not None
-
-    assert worker.run_once() == 2
-
-    assert jobs.get(retried)["state"] == "queued"
-    assert jobs.get(retried)["last_error"] == "no handler for job kind 'mystery.kind'"
-    assert jobs.get(last)["state"] == "dead"
-    assert jobs.get(last)["last_error"] == "no handler for job kind 'mystery.kind'"
+def test_a_worker_leaves_a_job_it_has_no_handler_for_to_a_worker_that_has_one(
+    jobs: JobQueue,
+) -> None:
+    app_worker = Worker(jobs, {"enrich": lambda job: None}, recurring=(), name="in-app")
+    embedded = jobs.enqueue("embed")
+    assert embedded is not None
+    assert app_worker.run_once() == 0
+    assert jobs.get(embedded)["state"] == "queued" and jobs.get(embedded)["attempts"] == 0
+    ran: list[str] = []
+    full = Worker(jobs, {"embed": lambda job: ran.append(job.kind)}, recurring=(), name="full")
+    assert full.run_once() == 1
+    assert ran == ["embed"] and jobs.get(embedded)["state"] == "done"
 
 
 def test_run_once_buries_jobs_whose_worker_died_on_the_last_attempt(jobs: JobQueue) -> None:
@@ -386,7 +386,7 @@ def test_the_jobs_prune_forgets_finished_jobs_after_a_day_and_keeps_the_rest(
 ) -> None:
     old, recent, waiting = (jobs.enqueue(k) for k in ("old", "recent", "waiting"))
     worker = Worker(jobs, {"old": lambda job: None, "recent": lambda job: None}, recurring=())
-    worker.run_once()  # old and recent are done; waiting has no handler and is failed
+    worker.run_once()  # old and recent are done; waiting has no handler and waits
     with jobs.engine.begin() as conn:
         conn.execute(
             models.jobs.update()

@@ -184,12 +184,15 @@ def _row(project_id: int, event: Event) -> dict[str, Any]:
 
 
 def _names_erased(event: Event, erased: ErasedCheck) -> bool:
+    """Whether ``event`` is an erased user's, or feedback or a signal on one of their
+    interactions."""
     body: Any = event.body
     for name in ("user_id", "given_by"):
         value = getattr(body, name, None)
         if value is not None and erased(value):
             return True
-    return False
+    interaction_id = getattr(body, "interaction_id", None)
+    return interaction_id is not None and erased.interaction(interaction_id)
 
 
 def _raw_id(raw: bytes) -> str | None:

@@ -44,7 +44,7 @@ def retention_of(engine: Engine) -> dict[int, Retention]:
     p = models.projects
     with engine.connect() as conn:
         rows = conn.execute(sa.select(p.c.id, p.c.retention)).all()
-    return {row.id: Retention.from_json(row.retention or "{}") for row in rows}
+    return {row.id: Retention.stored(row.retention) for row in rows}
 
 
 def enforce_retention(

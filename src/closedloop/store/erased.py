@@ -25,7 +25,11 @@ from closedloop.store import models
 from closedloop.store.db import utcnow
 from closedloop.store.retention import ErasedEvents, Retention
 
-__all__ = ["ErasedCheck", "ErasedUsers", "add_tombstones", "user_key"]
+__all__ = ["INTERACTION", "ErasedCheck", "ErasedUsers", "add_tombstones", "user_key"]
+
+#: Prefix of the tombstone of an erased user's interaction: feedback and signals sent on it
+#: later are kept out like the user's own events.
+INTERACTION = "interaction:"
 
 
 def user_key(secret: str | None, stored_id: str) -> str:
@@ -62,6 +66,10 @@ class ErasedCheck:
     def __call__(self, stored_id: str) -> bool:
         return user_key(self.secret, stored_id) in self.keys
 
+    def interaction(self, interaction_id: str) -> bool:
+        """Whether ``interaction_id`` belonged to an erased user."""
+        return user_key(self.secret, INTERACTION + interaction_id) in self.keys
+
 
 class ErasedUsers:
     """Each project's erased users, cached for ``ttl`` seconds per project.
@@ -75,6 +83,9 @@ class ErasedUsers:
         self.ttl = ttl
         self._cache: dict[int, tuple[float, ErasedCheck | None]] = {}
         self._lock = threading.Lock()
+        # bumped by forget(): a read that began before it is not cached (it may predate the
+        # tombstone that made forget() necessary)
+        self._generation = 0
 
     def cached(self, project_id: int) -> bool:
         """Whether the project's check is at hand without I/O."""
@@ -88,6 +99,7 @@ class ErasedUsers:
         if hit is not None and hit[0] > now:
             return hit[1]
         t, p = models.erased_users, models.projects
+        generation = self._generation
         with self.engine.connect() as conn:
             keys = frozenset(
                 row[0]
@@ -98,14 +110,16 @@ class ErasedUsers:
                 row = conn.execute(
                     sa.select(p.c.pii_secret, p.c.retention).where(p.c.id == project_id)
                 ).one()
-                mode = Retention.from_json(row.retention or "{}").erased_events
+                mode = Retention.stored(row.retention).erased_events
                 check = ErasedCheck(secret=row.pii_secret, keys=keys, mode=mode)
         if self.ttl > 0:
             with self._lock:
-                self._cache[project_id] = (now + self.ttl, check)
+                if generation == self._generation:
+                    self._cache[project_id] = (now + self.ttl, check)
         return check
 
     def forget(self, project_id: int) -> None:
         """Drop the cached entry of ``project_id`` (after an erasure in this process)."""
         with self._lock:
+            self._generation += 1
             self._cache.pop(project_id, None)

@@ -19,9 +19,10 @@ recycled; run ``VACUUM`` after an erasure where that matters.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +34,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from closedloop.enrich.privacy import pseudonym
-from closedloop.errors import ConfigError, NotFound
+from closedloop.errors import ConfigError, LakeError, NotFound
 from closedloop.store import models
 from closedloop.store.db import is_sqlite, utcnow
-from closedloop.store.erased import add_tombstones, user_key
+from closedloop.store.erased import INTERACTION, add_tombstones, user_key
 from closedloop.store.exports import exports_holding, mark_deleted
 from closedloop.store.lake import manifest
 from closedloop.store.lake.files import Lake
-from closedloop.store.lake.tiering import rewrite
+from closedloop.store.lake.lock import lake_lock
+from closedloop.store.lake.tiering import recover, rewrite
 from closedloop.store.vectors.index import IndexManager
 
 __all__ = ["ErasureReceipt", "erase_user"]
@@ -130,8 +132,16 @@ def erase_user(
     user_id: str,
     *,
     indexes: IndexManager | None = None,
+    on_tombstone: Callable[[], None] | None = None,
+    settle_seconds: float = 0.0,
 ) -> ErasureReceipt:
-    """Erase ``user_id`` (as the app sends it) from every tier of ``project_id``."""
+    """Erase ``user_id`` (as the app sends it) from every tier of ``project_id``.
+
+    ``on_tombstone`` is called as soon as the tombstones are committed (the caller drops its
+    cached view of them). ``settle_seconds`` is how long other processes may still take the
+    user's events after that (their cache's lifetime): the hot store is swept once more when
+    it has passed, so an event accepted meanwhile does not survive the erasure.
+    """
     if not user_id or len(user_id) > 128:
         raise ConfigError("user_id must hold 1-128 characters: the id the app sends as user_id")
     p = models.projects
@@ -141,39 +151,126 @@ def erase_user(
         raise NotFound(f"no project with id {project_id}")
     secret = row.pii_secret
     forms = {user_id, pseudonym(secret, user_id)} if secret else {user_id}
-    keys = [user_key(secret, form) for form in sorted(forms)]
     receipt = ErasureReceipt(project_id=project_id, erased_at=utcnow())
+    notify = on_tombstone or (lambda: None)
 
     # 1. The tombstone first: from here on the user's new events are kept out.
     with engine.begin() as conn:
-        add_tombstones(conn, project_id, keys)
+        add_tombstones(conn, project_id, [user_key(secret, form) for form in sorted(forms)])
+    notify()
+    settled_at = time.monotonic() + settle_seconds
 
-    # 2. What the lake holds of the user (read only): their interaction ids, and the files.
-    lake_hits: list[tuple[manifest.LakeFile, int]] = []
-    interaction_ids: set[str] = set()
-    if lake is not None:
+    # 2-4 under the lake's lock, so that no tiering, retention or other erasure moves the
+    # user's rows between reading the lake and rewriting it.
+    lock = lake_lock(engine) if lake is not None else contextlib.nullcontext(True)
+    with lock:
+        if lake is not None:
+            recover(engine, lake)  # a crashed rewrite's old file holds rows: gone first
         with engine.connect() as conn:
-            files = manifest.published(conn, project_id)
-        for entity in ("interactions", "feedback", "signals"):
-            for file in (f for f in files if f.entity == entity):
-                count, hit_ids = _lake_matches(
-                    lake, file, _USER_COLUMNS[entity], forms, interaction_ids
-                )
-                if entity == "interactions":
-                    interaction_ids |= hit_ids
-                if count:
-                    lake_hits.append((file, count))
+            interaction_ids = _hot_interactions(conn, project_id, forms)
+        # 2. What the lake holds of the user: their interactions' ids first, then the files.
+        lake_hits: list[manifest.LakeFile] = []
+        if lake is not None:
+            with engine.connect() as conn:
+                files = manifest.published(conn, project_id)
+            for entity in ("interactions", "feedback", "signals"):
+                for file in (f for f in files if f.entity == entity):
+                    count, hit_ids = _lake_matches(
+                        lake, file, _USER_COLUMNS[entity], forms, interaction_ids
+                    )
+                    if entity == "interactions":
+                        interaction_ids |= hit_ids
+                    if count:
+                        lake_hits.append(file)
+        # Feedback and signals sent later on the erased answers are kept out too.
+        with engine.begin() as conn:
+            add_tombstones(
+                conn,
+                project_id,
+                [user_key(secret, INTERACTION + i) for i in sorted(interaction_ids)],
+            )
+        notify()
+        # 3. The hot tables, vectors and cached embeddings, in one transaction.
+        _add(receipt.hot, _delete_hot(engine, project_id, forms, interaction_ids))
+        # 4. The lake: each affected file rewritten without the user's rows (verified).
+        for file in lake_hits:
+            columns = _USER_COLUMNS[file.entity]
 
-    # 3. The hot tables, vectors and cached embeddings, in one transaction.
+            def keep(table: pa.Table, columns: Sequence[str] = columns) -> pa.Table:
+                return table.filter(pc.invert(_mask(table, columns, forms, interaction_ids)))
+
+            try:
+                removed, new_file = rewrite(engine, lake, file, keep)  # type: ignore[arg-type]
+            except OSError as exc:
+                raise LakeError(
+                    f"the lake file {file.path} could not be rewritten ({exc}); erase the "
+                    "user again to finish"
+                ) from exc
+            receipt.lake.append(
+                {
+                    "entity": file.entity,
+                    "path": file.path,
+                    "removed_rows": removed,
+                    "replaced_by": new_file.path if new_file is not None else None,
+                }
+            )
+
+    # 5. Exports that held the user: deleted (they can be made again without them).
+    with engine.begin() as conn:
+        held = exports_holding(conn, project_id, [user_key(secret, f) for f in sorted(forms)])
+        for export in held:
+            fs, path = fsspec.core.url_to_fs(export.url)
+            if fs.exists(path):
+                fs.rm(path)
+            receipt.exports.append({"kind": export.kind, "url": export.url, "rows": export.rows})
+        mark_deleted(conn, [e.id for e in held])
+
+    # 6. Once every process refuses the user's events, sweep the hot store again: an event
+    # accepted before a process saw the tombstone, or a vector the embedding job was
+    # writing, does not survive.
+    wait = settled_at - time.monotonic()
+    if wait > 0:
+        time.sleep(wait)
+    _add(receipt.hot, _delete_hot(engine, project_id, forms, interaction_ids))
+
+    # 7. Vector indexes hold the vectors too: dropped, rebuilt from the table on next use.
+    if indexes is not None:
+        indexes.drop(project_id)
+        receipt.indexes_dropped = True
+
+    if is_sqlite(engine):
+        _checkpoint(engine)
+    return receipt
+
+
+def _add(into: dict[str, int], counts: dict[str, int]) -> None:
+    for name, count in counts.items():
+        into[name] = into.get(name, 0) + count
+
+
+def _hot_interactions(conn: sa.Connection, project_id: int, forms: set[str]) -> set[str]:
+    i = models.interactions
+    return _select_ids(
+        conn, i.c.id, lambda c: sa.and_(i.c.project_id == project_id, i.c.user_id.in_(c)), forms
+    )
+
+
+def _delete_hot(
+    engine: Engine, project_id: int, forms: set[str], known_interactions: set[str]
+) -> dict[str, int]:
+    """Delete the user's hot rows and what hangs on them, in one transaction; the counts.
+
+    Source rows go before their vectors: on PostgreSQL the embedding job holds a share lock
+    on the rows it is storing vectors for, so these deletes wait for it, and the vector
+    delete after them sees its vectors."""
     i, f, s, ss = models.interactions, models.feedback, models.signals, models.sessions
     v, cache = models.vectors, models.embedding_cache
+    hot: dict[str, int] = {}
     with engine.begin() as conn:
         if is_sqlite(engine):
             conn.exec_driver_sql("PRAGMA secure_delete=ON")
-        hot_interactions = _select_ids(
-            conn, i.c.id, lambda c: sa.and_(i.c.project_id == project_id, i.c.user_id.in_(c)), forms
-        )
-        interaction_ids |= hot_interactions
+        hot_interactions = _hot_interactions(conn, project_id, forms)
+        interaction_ids = known_interactions | hot_interactions
         session_ids = {
             r[0]
             for chunk in _chunks(sorted(hot_interactions))
@@ -202,41 +299,6 @@ def erase_user(
             lambda c: sa.and_(f.c.project_id == project_id, f.c.interaction_id.in_(c)),
             interaction_ids,
         )
-        text_hashes = _select_ids(
-            conn,
-            v.c.text_hash,
-            lambda c: sa.and_(v.c.project_id == project_id, v.c.interaction_id.in_(c)),
-            interaction_ids,
-        ) | _select_ids(
-            conn,
-            v.c.text_hash,
-            lambda c: sa.and_(v.c.project_id == project_id, v.c.user_id.in_(c)),
-            forms,
-        )
-        hot = receipt.hot
-        hot["vectors"] = (
-            _delete(
-                conn,
-                v,
-                lambda c: sa.and_(v.c.project_id == project_id, v.c.interaction_id.in_(c)),
-                interaction_ids,
-            )
-            + _delete(
-                conn,
-                v,
-                lambda c: sa.and_(v.c.project_id == project_id, v.c.ref_id.in_(c)),
-                feedback_ids,
-            )
-            + _delete(
-                conn,
-                v,
-                lambda c: sa.and_(v.c.project_id == project_id, v.c.user_id.in_(c)),
-                forms,
-            )
-        )
-        hot["embedding_cache"] = _delete(
-            conn, cache, lambda c: cache.c.text_hash.in_(c), text_hashes
-        )
         hot["feedback"] = _delete(
             conn, f, lambda c: sa.and_(f.c.project_id == project_id, f.c.id.in_(c)), feedback_ids
         )
@@ -261,43 +323,41 @@ def erase_user(
             lambda c: sa.and_(i.c.project_id == project_id, i.c.id.in_(c)),
             hot_interactions,
         )
-
-    # 4. The lake: each affected file rewritten without the user's rows (verified publish).
-    if lake is not None:
-        for file, _count in lake_hits:
-            columns = _USER_COLUMNS[file.entity]
-
-            def keep(table: pa.Table, columns: Sequence[str] = columns) -> pa.Table:
-                return table.filter(pc.invert(_mask(table, columns, forms, interaction_ids)))
-
-            removed, new_file = rewrite(engine, lake, file, keep)
-            receipt.lake.append(
-                {
-                    "entity": file.entity,
-                    "path": file.path,
-                    "removed_rows": removed,
-                    "replaced_by": new_file.path if new_file is not None else None,
-                }
+        text_hashes = _select_ids(
+            conn,
+            v.c.text_hash,
+            lambda c: sa.and_(v.c.project_id == project_id, v.c.interaction_id.in_(c)),
+            interaction_ids,
+        ) | _select_ids(
+            conn,
+            v.c.text_hash,
+            lambda c: sa.and_(v.c.project_id == project_id, v.c.user_id.in_(c)),
+            forms,
+        )
+        hot["vectors"] = (
+            _delete(
+                conn,
+                v,
+                lambda c: sa.and_(v.c.project_id == project_id, v.c.interaction_id.in_(c)),
+                interaction_ids,
             )
-
-    # 5. Exports that held the user: deleted (they can be made again without them).
-    with engine.begin() as conn:
-        held = exports_holding(conn, project_id, keys)
-        for export in held:
-            fs, path = fsspec.core.url_to_fs(export.url)
-            if fs.exists(path):
-                fs.rm(path)
-            receipt.exports.append({"kind": export.kind, "url": export.url, "rows": export.rows})
-        mark_deleted(conn, [e.id for e in held])
-
-    # 6. Vector indexes hold the vectors too: dropped, rebuilt from the table on next use.
-    if indexes is not None:
-        indexes.drop(project_id)
-        receipt.indexes_dropped = True
-
-    if is_sqlite(engine):
-        _checkpoint(engine)
-    return receipt
+            + _delete(
+                conn,
+                v,
+                lambda c: sa.and_(v.c.project_id == project_id, v.c.ref_id.in_(c)),
+                feedback_ids,
+            )
+            + _delete(
+                conn,
+                v,
+                lambda c: sa.and_(v.c.project_id == project_id, v.c.user_id.in_(c)),
+                forms,
+            )
+        )
+        hot["embedding_cache"] = _delete(
+            conn, cache, lambda c: cache.c.text_hash.in_(c), text_hashes
+        )
+    return hot
 
 
 def _checkpoint(engine: Engine, attempts: int = 20) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,14 +91,24 @@ class JobQueue:
         with self.engine.begin() as conn:
             return conn.execute(stmt).scalar()
 
-    def lease(self, worker: str, *, limit: int = 1, lease_seconds: float = 60.0) -> list[Job]:
-        """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``worker``."""
+    def lease(
+        self,
+        worker: str,
+        *,
+        limit: int = 1,
+        lease_seconds: float = 60.0,
+        kinds: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``worker``; only of
+        ``kinds`` when given (a worker never takes a job it has no handler for)."""
         j = models.jobs
         now = utcnow()
         due = sa.or_(
             sa.and_(j.c.state == QUEUED, j.c.run_at <= now),
             sa.and_(j.c.state == RUNNING, j.c.lease_until < now, j.c.attempts < j.c.max_attempts),
         )
+        if kinds is not None:
+            due = sa.and_(due, j.c.kind.in_(sorted(kinds)))
         pick = sa.select(j.c.id).where(due).order_by(j.c.run_at, j.c.id).limit(limit)
         if self.engine.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)

@@ -99,6 +99,8 @@ interactions = sa.Table(
     sa.Index("ix_interactions_project_ts", "project_id", "ts", "id"),
     sa.Index("ix_interactions_project_session", "project_id", "session_id"),
     sa.Index("ix_interactions_project_user", "project_id", "user_id"),
+    # the embedding job's steady state reads what arrived lately
+    sa.Index("ix_interactions_project_received", "project_id", "received_at"),
     sa.Index(
         "ix_interactions_unenriched",
         "project_id",
@@ -133,6 +135,7 @@ feedback = sa.Table(
     sa.Column("orphan_reason", sa.String(32)),
     sa.Index("ix_feedback_project_interaction", "project_id", "interaction_id"),
     sa.Index("ix_feedback_project_ts", "project_id", "ts"),
+    sa.Index("ix_feedback_project_received", "project_id", "received_at"),
     sa.Index(
         "ix_feedback_unjoined",
         "join_state",

@@ -74,6 +74,26 @@ class Retention(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, 
         policy.check()
         return policy
 
+    @classmethod
+    def stored(cls, data: str | bytes | None) -> Retention:
+        """The retention stored for a project, read leniently: fields this version does not
+        know (written by a newer one during a rolling upgrade) are ignored, and a value it
+        cannot use falls back to the default, so one project's row never stops every job.
+
+        >>> Retention.stored('{"hot_days": 7, "archive_tier": "glacier"}').hot_days
+        7.0
+        >>> Retention.stored("not json").hot_days
+        30.0
+        """
+        try:
+            raw = msgspec.json.decode(data or "{}")
+            known = {k: v for k, v in raw.items() if k in cls.__struct_fields__}
+            policy = msgspec.convert(known, cls)
+            policy.check()
+        except (msgspec.DecodeError, msgspec.ValidationError, AttributeError, ContractError):
+            return cls()
+        return policy
+
     def check(self) -> None:
         """Raise :class:`ContractError` (naming the field) for an impossible policy."""
         if not self.hot_days > 0:

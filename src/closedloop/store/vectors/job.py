@@ -33,11 +33,10 @@ Which rows a run considers:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +50,7 @@ from closedloop.embed.base import Embedder, text_hash
 from closedloop.enrich.sessions import user_text
 from closedloop.events import Interaction
 from closedloop.store import models
-from closedloop.store.db import utc, utcnow
+from closedloop.store.db import single_flight, utc, utcnow
 from closedloop.store.retention import Retention
 from closedloop.store.vectors.table import NewVector, insert_vectors
 
@@ -216,7 +215,7 @@ class EmbeddingJob:
         watermark up to the largest ``received_at`` stored when it started.
         """
         total = EmbedStats()
-        with self._single_flight() as mine:
+        with single_flight(self.engine, _LOCK_KEY) as mine:
             if not mine:
                 return total
             started = self._clock()
@@ -260,7 +259,7 @@ class EmbeddingJob:
         keep: dict[dt.datetime | None, list[int]] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(sa.select(p.c.id, p.c.retention).order_by(p.c.id)):
-                days = Retention.from_json(row.retention or "{}").vector_days
+                days = Retention.stored(row.retention).vector_days
                 cutoff = None if days is None else now - dt.timedelta(days=days)
                 keep.setdefault(cutoff, []).append(row.id)
             scope = _Scope(since, {c: tuple(ids) for c, ids in keep.items()}, None)
@@ -277,21 +276,6 @@ class EmbeddingJob:
                 if value is not None and (largest is None or utc(value) > largest):
                     largest = utc(value)
         return dataclasses.replace(scope, high=largest)
-
-    @contextlib.contextmanager
-    def _single_flight(self) -> Iterator[bool]:
-        if self.engine.dialect.name != "postgresql":
-            yield True  # SQLite: one writer at a time anyway
-            return
-        with self.engine.connect() as conn:
-            got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(_LOCK_KEY))).scalar())
-            conn.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(_LOCK_KEY)))
-                    conn.commit()
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -325,7 +309,7 @@ class EmbeddingJob:
                 dataclasses.replace(blank, vector=vectors[j]) for j, (blank, _) in enumerate(todo)
             ]
             with self.engine.begin() as conn:
-                stats.stored = insert_vectors(conn, ready)
+                stats.stored = insert_vectors(conn, ready, require_source=True)
             for kind in ("input", "correction", "comment"):
                 n = sum(1 for v in ready if v.kind == kind)
                 if n:

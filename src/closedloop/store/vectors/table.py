@@ -63,9 +63,13 @@ def from_blob(blob: bytes) -> npt.NDArray[np.float32]:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-def insert_vectors(conn: Connection, rows: Sequence[NewVector]) -> int:
+def insert_vectors(
+    conn: Connection, rows: Sequence[NewVector], *, require_source: bool = False
+) -> int:
     """Store ``rows``; one already stored (same project, model, kind and ref) is kept as it
-    is. Returns how many were new."""
+    is. With ``require_source``, rows whose interaction or feedback is no longer stored are
+    left out (the embedding job's texts may have been erased while they were embedded).
+    Returns how many were new."""
     if not rows:
         return 0
     for r in rows:
@@ -90,6 +94,10 @@ def insert_vectors(conn: Connection, rows: Sequence[NewVector]) -> int:
         }
         for r in rows
     ]
+    if require_source:
+        values = _still_stored(conn, values)
+    if not values:
+        return 0
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = (
         dialect.insert(models.vectors)
@@ -97,6 +105,33 @@ def insert_vectors(conn: Connection, rows: Sequence[NewVector]) -> int:
         .returning(models.vectors.c.seq)
     )
     return len(conn.execute(stmt, values).all())
+
+
+def _still_stored(conn: Connection, values: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The vectors whose source row (interaction or feedback) is still stored.
+
+    The texts were read before they were embedded; an erasure may have deleted them since.
+    On PostgreSQL the source rows are locked (``FOR KEY SHARE``) until this transaction
+    ends, so an erasure deleting them waits and then deletes these vectors too; on SQLite
+    the transactions are serialised.
+    """
+    keep: set[tuple[int, str, str]] = set()
+    for kind, table in (("input", models.interactions), ("feedback", models.feedback)):
+        wanted = [v for v in values if (v["kind"] == "input") == (kind == "input")]
+        for project_id in {v["project_id"] for v in wanted}:
+            ids = sorted({v["ref_id"] for v in wanted if v["project_id"] == project_id})
+            for start in range(0, len(ids), _CHUNK):
+                query = sa.select(table.c.id).where(
+                    table.c.project_id == project_id, table.c.id.in_(ids[start : start + _CHUNK])
+                )
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update(key_share=True)
+                keep.update((project_id, kind, i) for i in conn.execute(query).scalars())
+    return [
+        v
+        for v in values
+        if (v["project_id"], "input" if v["kind"] == "input" else "feedback", v["ref_id"]) in keep
+    ]
 
 
 def max_seq(conn: Connection, project_id: int, model: str) -> int:

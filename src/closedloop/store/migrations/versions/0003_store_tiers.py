@@ -25,6 +25,11 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def upgrade() -> None:
     with op.batch_alter_table("projects") as batch:
         batch.add_column(sa.Column("retention", sa.Text, nullable=False, server_default="{}"))
+    # the embedding job's steady state reads what arrived lately
+    op.create_index(
+        "ix_interactions_project_received", "interactions", ["project_id", "received_at"]
+    )
+    op.create_index("ix_feedback_project_received", "feedback", ["project_id", "received_at"])
 
     op.create_table(
         "lake_files",
@@ -113,5 +118,7 @@ def downgrade() -> None:
     op.drop_table("vectors")
     op.drop_index("ix_lake_files_project_entity_day", "lake_files")
     op.drop_table("lake_files")
+    op.drop_index("ix_feedback_project_received", "feedback")
+    op.drop_index("ix_interactions_project_received", "interactions")
     with op.batch_alter_table("projects") as batch:
         batch.drop_column("retention")
