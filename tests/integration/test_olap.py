@@ -126,8 +126,22 @@ QUERIES = [
 ]
 
 
+@pytest.fixture(params=["adbc", "portable"])
+def staging(
+    request: pytest.FixtureRequest, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """The path hot rows are staged by: ADBC on PostgreSQL (its driver is installed in the test
+    environment), else the portable one (the sqlite3 cursor, psycopg's COPY); SQLite never
+    takes ADBC (its driver's own copy of SQLite would break the stdlib's WAL locks)."""
+    if request.param == "portable":
+        monkeypatch.setattr(olap, "USE_ADBC", False)
+    fast = request.param == "adbc" and runtime.engine.dialect.name == "postgresql"
+    assert (olap._adbc_driver(runtime.engine) is not None) == fast
+    return "adbc" if fast else "portable"
+
+
 async def test_answers_are_the_same_hot_split_and_cold(
-    loaded: Analytics, runtime: Runtime, tenant: Tenant
+    loaded: Analytics, runtime: Runtime, tenant: Tenant, staging: str
 ) -> None:
     hot = [frame(loaded, q, tenant) for q in QUERIES]
     assert len(hot[1]) == 45 and len(hot[2]) == 60
@@ -143,6 +157,57 @@ async def test_answers_are_the_same_hot_split_and_cold(
     assert counts(runtime, tenant)[1] == 60 + 45 + 12, "cold: every row in the lake"
     for q, expected in zip(QUERIES, hot, strict=True):
         pd.testing.assert_frame_equal(frame(loaded, q, tenant), expected)
+
+
+async def test_both_staging_paths_give_the_same_tables(
+    loaded: Analytics, runtime: Runtime, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    move(runtime, hot_days=DAYS / 2)
+    since, until = NOW - dt.timedelta(days=6), NOW - dt.timedelta(days=1)
+    sqls = [*(f"SELECT * FROM {v}" for v in olap.VIEWS), "SELECT id, ts FROM feedback"]
+    for window in ({}, {"since": since}, {"since": since, "until": until}):
+        fast = [loaded.arrow(q, project_id=tenant.project_id, **window) for q in sqls]
+        monkeypatch.setattr(olap, "USE_ADBC", False)
+        portable = [loaded.arrow(q, project_id=tenant.project_id, **window) for q in sqls]
+        monkeypatch.setattr(olap, "USE_ADBC", True)
+        for q, a, b in zip(sqls, fast, portable, strict=True):
+            assert a.schema == b.schema, q
+            key = [(c, "ascending") for c in a.column_names]
+            assert a.sort_by(key).equals(b.sort_by(key)), q
+            assert a.num_rows > 0 or "until" in window, q
+    table = loaded.arrow("SELECT * FROM interactions", project_id=tenant.project_id)
+    assert table.column("enriched_at").null_count == 0 and table.column("ts").type.tz == "UTC"
+    feedback = loaded.arrow("SELECT * FROM feedback", project_id=tenant.project_id)
+    assert feedback.column("rating").null_count == feedback.num_rows, "NULLs stay NULL"
+    assert str(feedback.schema.field("thumbs").type) == "int16"
+
+
+async def test_rows_tiered_during_a_query_are_counted_once(
+    loaded: Analytics,
+    runtime: Runtime,
+    tenant: Tenant,
+    staging: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tiering commits between the query's manifest read and its hot-row read: the query still
+    sees the store as of one instant (the rows hot, the files not yet listed)."""
+    sql = "SELECT (SELECT count(*) FROM interactions) AS i, (SELECT count(*) FROM feedback) AS f"
+    cls = olap._AdbcSnapshot if staging == "adbc" else olap._PortableSnapshot
+    original = cls.rows
+    moved: list[int] = []
+
+    def rows(self: Any, *args: Any) -> Any:
+        if not moved:  # after the first view's manifest read
+            moved.append(move(runtime, hot_days=0))
+        return original(self, *args)
+
+    monkeypatch.setattr(cls, "rows", rows)
+    df = loaded.query(sql, project_id=tenant.project_id)
+    assert moved and moved[0] > 0 and counts(runtime, tenant)[1] == 60 + 45 + 12
+    assert (df["i"].iloc[0], df["f"].iloc[0]) == (60, 45)
+    monkeypatch.setattr(cls, "rows", original)
+    df = loaded.query(sql, project_id=tenant.project_id)  # now from the lake
+    assert (df["i"].iloc[0], df["f"].iloc[0]) == (60, 45)
 
 
 async def test_time_window_cuts_hot_and_cold_rows_alike(

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import importlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -65,6 +66,13 @@ _SQLITE_INDEX = {
     "signals": "ix_signals_project_ts",
     "sessions": "ix_sessions_project_last_ts",
 }
+#: Stage PostgreSQL's hot rows through Apache Arrow ADBC (binary COPY decoded in C, Arrow out)
+#: when ``adbc-driver-postgresql`` is installed; ``False`` forces the portable path (psycopg's
+#: COPY). SQLite always takes the portable path: ``adbc-driver-sqlite`` links its own copy of
+#: SQLite, and two copies in one process break each other's POSIX locks (opening or closing a
+#: connection in one drops the WAL read locks the other holds; sqlite.org/howtocorrupt.html,
+#: 2.2.1), so a checkpoint could reset the WAL under a reader of the stdlib's sqlite3.
+USE_ADBC = True
 _ALLOWED = (duckdb.StatementType.SELECT,)
 _BATCH_ROWS = 65_536
 _HELP = (
@@ -164,8 +172,14 @@ def _sqlite_ts(values: Sequence[Any]) -> pa.Array:
     text = pa.array(values, pa.string())
     try:
         return text.cast(pa.timestamp("us")).cast(pa.timestamp("us", tz="UTC"))
-    except pa.ArrowInvalid:  # some other writer: parse one by one
-        parsed = [None if v is None else utc(dt.datetime.fromisoformat(v)) for v in values]
+    except pa.ArrowInvalid:
+        pass
+    try:  # every value with its offset ('+00:00')
+        return text.cast(pa.timestamp("us", tz="UTC"))
+    except pa.ArrowInvalid:  # some other writer, or a mix: parse one by one
+        parsed = [
+            None if v is None else utc(dt.datetime.fromisoformat(v)) for v in text.to_pylist()
+        ]
         return pa.array(parsed, pa.timestamp("us", tz="UTC"))
 
 
@@ -235,6 +249,166 @@ def _pg_rows(
         ),
     )
     return table.cast(schema)
+
+
+class _File(NamedTuple):
+    """What a view needs of a manifest row."""
+
+    path: str
+    schema_version: int
+
+
+class _Snapshot(Protocol):
+    """One read snapshot of the hot store: the manifest and the hot rows as of one instant."""
+
+    def files(self, view: str, project_id: int, window: _Window) -> list[_File]: ...
+
+    def rows(
+        self, view: str, cols: Sequence[str], schema: pa.Schema, project_id: int, window: _Window
+    ) -> pa.Table: ...
+
+
+def _hot_where(view: str, project_id: int, window: _Window, sqlite: bool) -> tuple[str, list[Any]]:
+    column = _TIME[view]
+    terms: list[str] = ["project_id = %s"]
+    args: list[Any] = [project_id]
+    for op, bound in ((">=", window.since), ("<", window.until)):
+        if bound is not None:
+            terms.append(f'"{column}" {op} %s')
+            args.append(_sqlite_bound(bound) if sqlite else bound)
+    where = " AND ".join(terms)
+    return (where.replace("%s", "?"), args) if sqlite else (where, args)
+
+
+def _sqlite_bound(bound: dt.datetime) -> str:
+    # SQLite compares the stored text, written in this very format (UTC, no offset)
+    return bound.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+@dataclass(slots=True)
+class _PortableSnapshot:
+    """The manifest through SQLAlchemy, the hot rows through the DB-API driver's cursor
+    (sqlite3) or psycopg's COPY, on one connection inside one read transaction."""
+
+    conn: sa.Connection
+    sqlite: bool
+
+    def files(self, view: str, project_id: int, window: _Window) -> list[_File]:
+        found = manifest.published(
+            self.conn, project_id, view, since=window.since, until=window.until
+        )
+        return [_File(f.path, f.schema_version) for f in found]
+
+    def rows(
+        self, view: str, cols: Sequence[str], schema: pa.Schema, project_id: int, window: _Window
+    ) -> pa.Table:
+        where, args = _hot_where(view, project_id, window, self.sqlite)
+        read = _sqlite_rows if self.sqlite else _pg_rows
+        return read(self.conn.connection.driver_connection, view, cols, schema, where, args)
+
+
+@contextmanager
+def _portable_snapshot(engine: Engine) -> Iterator[_Snapshot]:
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:  # one read snapshot for the manifest and the hot rows
+            conn.exec_driver_sql("BEGIN")
+        elif conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            yield _PortableSnapshot(conn, sqlite)
+        finally:
+            conn.rollback()
+
+
+@dataclass(slots=True)
+class _AdbcSnapshot:
+    """The manifest and the hot rows through one ADBC PostgreSQL connection inside one
+    ``REPEATABLE READ READ ONLY`` transaction (its snapshot is taken at the first statement).
+    Statements carry no bound parameters (only ints, view names and timestamps this module
+    formats), so the driver reads every result with binary ``COPY``."""
+
+    cursor: Any
+
+    def _where(self, project_id: int, window: _Window, since: str, until: str) -> str:
+        terms = [f"project_id = {int(project_id)}"]
+        if window.since is not None:
+            terms.append(f'"{since}" >= TIMESTAMPTZ {_quote(window.since.isoformat())}')
+        if window.until is not None:
+            terms.append(f'"{until}" < TIMESTAMPTZ {_quote(window.until.isoformat())}')
+        return " AND ".join(terms)
+
+    def files(self, view: str, project_id: int, window: _Window) -> list[_File]:
+        where = self._where(project_id, window, "max_ts", "min_ts")  # as manifest.published
+        self.cursor.execute(
+            f"SELECT path, schema_version FROM lake_files WHERE {where} "
+            f"AND entity = {_quote(view)} ORDER BY day, id"
+        )
+        return [_File(str(path), int(version)) for path, version in self.cursor.fetchall()]
+
+    def rows(
+        self, view: str, cols: Sequence[str], schema: pa.Schema, project_id: int, window: _Window
+    ) -> pa.Table:
+        time = _TIME[view]
+        where = self._where(project_id, window, time, time)
+        select = ", ".join(f'"{c}"' for c in cols)
+        self.cursor.execute(f'SELECT {select} FROM "{view}" WHERE {where}')
+        table: pa.Table = self.cursor.fetch_arrow_table()
+        # timestamptz arrives as timestamp[us, tz=UTC]; int4 becomes int64; the casts drop
+        # the driver's field metadata
+        arrays = [table.column(i).cast(schema.field(c).type) for i, c in enumerate(cols)]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _adbc_driver(engine: Engine) -> Any | None:
+    """ADBC's PostgreSQL DB-API module, if installed and ``engine`` is on PostgreSQL."""
+    if not USE_ADBC or engine.dialect.name != "postgresql":
+        return None
+    try:
+        return importlib.import_module("adbc_driver_postgresql.dbapi")
+    except ImportError:
+        return None
+
+
+def _libpq_uri(url: sa.URL) -> str:
+    query = dict(url.query)
+    query.setdefault("connect_timeout", "5")  # as create_engine gives psycopg
+    plain = sa.URL.create(
+        "postgresql",
+        username=url.username,
+        password=url.password,
+        host=url.host,
+        port=url.port,
+        database=url.database,
+        query=query,
+    )
+    return plain.render_as_string(hide_password=False)
+
+
+@contextmanager
+def _adbc_snapshot(engine: Engine, driver: Any) -> Iterator[_Snapshot]:
+    conn = driver.connect(_libpq_uri(engine.url), autocommit=True)
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _AdbcSnapshot(cursor)
+            cursor.execute("ROLLBACK")  # after an error, closing the connection rolls back
+        finally:
+            cursor.close()
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[_Snapshot]:
+    driver = _adbc_driver(engine)
+    if driver is None:
+        with _portable_snapshot(engine) as snapshot:
+            yield snapshot
+    else:
+        with _adbc_snapshot(engine, driver) as snapshot:
+            yield snapshot
 
 
 # -- the lake --------------------------------------------------------------------------------
@@ -374,28 +548,15 @@ class Analytics:
         window: _Window,
     ) -> list[str]:
         """Create the views ``needs`` names; return the files they may read."""
-        staged: dict[str, tuple[pa.Table, list[manifest.LakeFile]]] = {}
-        with self.engine.connect() as sa_conn:
-            sqlite = sa_conn.dialect.name == "sqlite"
-            if sqlite:  # one read snapshot for the manifest and the hot rows
-                sa_conn.exec_driver_sql("BEGIN")
-            elif sa_conn.dialect.name == "postgresql":
-                sa_conn.exec_driver_sql(
-                    "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-                )
-            dbapi = sa_conn.connection.driver_connection
+        staged: dict[str, tuple[pa.Table, list[_File]]] = {}
+        with _snapshot(self.engine) as snapshot:
             for view, cols in needs.items():
-                files: list[manifest.LakeFile] = []
+                files: list[_File] = []
                 if view in layout.ENTITIES:
-                    files = manifest.published(
-                        sa_conn, project_id, view, since=window.since, until=window.until
-                    )
+                    files = snapshot.files(view, project_id, window)
                 schema = _schema(view)
                 schema = pa.schema([schema.field(c) for c in cols])
-                where, args = self._hot_where(view, project_id, window, sqlite)
-                read = _sqlite_rows if sqlite else _pg_rows
-                staged[view] = (read(dbapi, view, cols, schema, where, args), files)
-            sa_conn.rollback()
+                staged[view] = (snapshot.rows(view, cols, schema, project_id, window), files)
         allowed: list[str] = []
         if any(files for _, files in staged.values()) and not self.lake.local:
             conn.register_filesystem(self.lake.fs)
@@ -415,21 +576,6 @@ class Analytics:
                 )
             conn.execute(f'CREATE VIEW "{view}" AS {body}')
         return allowed
-
-    @staticmethod
-    def _hot_where(
-        view: str, project_id: int, window: _Window, sqlite: bool
-    ) -> tuple[str, list[Any]]:
-        column = _TIME[view]
-        terms: list[str] = ["project_id = %s"]
-        args: list[Any] = [project_id]
-        for op, bound in ((">=", window.since), ("<", window.until)):
-            if bound is not None:
-                terms.append(f'"{column}" {op} %s')
-                # SQLite compares the stored text, written in this very format
-                args.append(bound.strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else bound)
-        where = " AND ".join(terms)
-        return (where.replace("%s", "?"), args) if sqlite else (where, args)
 
 
 def query(
