@@ -254,7 +254,9 @@ async def world(
     policy = {"modes": {"email": "hash"}, "allowlist": ["acme-support@example.com"]}
     r = await client.put("/v1/project/pii", json=policy, headers=tenant.headers())
     assert r.status_code == 200, r.text
-    r = await client.put("/v1/project/retention", json={"hot_days": 7}, headers=tenant.headers())
+    # A's events are from 2025: its vectors are kept (the default 180 days would skip them)
+    retention = {"hot_days": 7, "vector_days": None}
+    r = await client.put("/v1/project/retention", json=retention, headers=tenant.headers())
     assert r.status_code == 200, r.text
     runtime.enricher.run()
     runtime.embedding_job().run()
