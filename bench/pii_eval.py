@@ -4,8 +4,9 @@ Usage (from the repository root)::
 
     .venv/bin/python bench/pii_eval.py [DATA] [--seed 20261125] [--half tune] [--no-presidio]
 
-DATA defaults to ``../shared/data/pii_presidio_synth_v2.jsonl`` (relative to the repository
-root). Templates are split in two halves (seeded, no template in both): the tuning half was
+DATA defaults to ``pii_presidio_synth_v2.jsonl`` in the folder ``CLOSEDLOOP_BENCH_DATA`` names
+(the public datasets with their provenance, see docs/benchmarks.md). Templates are split in
+two halves (seeded, no template in both): the tuning half was
 used to develop the heuristics; the table reports the other half.
 
 Matching is span-level with overlap: a gold span is found when a predicted span of the same
@@ -26,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -38,7 +40,10 @@ from closedloop.enrich.pii import PiiRedactor
 from closedloop.events import Interaction, InteractionEvent
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = Path("..") / "shared" / "data" / "pii_presidio_synth_v2.jsonl"
+DEFAULT_DATA = (
+    Path(os.environ.get("CLOSEDLOOP_BENCH_DATA", "bench-data-not-set"))
+    / "pii_presidio_synth_v2.jsonl"
+)
 # 78 sentences of OpenAssistant conversations (Apache-2.0) with person names labelled by hand:
 # real text, not the synthetic templates (see bench/data/PROVENANCE.md).
 REAL_NAMES = ROOT / "bench" / "data" / "oasst_person_names.jsonl"
@@ -167,7 +172,7 @@ def events_of(rows: Iterable[dict[str, Any]]) -> list[InteractionEvent]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", type=Path, default=ROOT / DEFAULT_DATA)
+    ap.add_argument("data", nargs="?", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--seed", type=int, default=20261125)
     ap.add_argument("--half", choices=["tune", "report"], default="report")
     ap.add_argument("--no-presidio", action="store_true")

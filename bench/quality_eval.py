@@ -18,7 +18,8 @@ Usage::
     derived; they are not real user behaviour (see the printed caveats and
     docs/benchmarks.md).
 
-Paths default to ``../shared/data/`` relative to the repository root. Correlations use scipy
+Paths default to the folder in ``CLOSEDLOOP_BENCH_DATA`` (the public datasets with their
+provenance, see docs/benchmarks.md). Correlations use scipy
 when it is installed, else the same formulas in plain Python (Spearman with average ranks).
 """
 
@@ -28,6 +29,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import random
 import shlex
 import sys
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("CLOSEDLOOP_BENCH_DATA", "bench-data-not-set"))
 sys.path.insert(0, str(ROOT / "src"))
 
 from closedloop.enrich.measures import (  # noqa: E402
