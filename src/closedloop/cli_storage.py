@@ -45,16 +45,14 @@ def _project_id(runtime: Runtime, name: str) -> int:
 def tier() -> None:
     """Move rows older than each project's hot window to the lake (verified, re-runnable;
     the server's worker does it every CLOSEDLOOP_TIER_INTERVAL_SECONDS)."""
-    from closedloop.store.lake.tiering import Tierer
-    from closedloop.store.retention import Retention
+    from closedloop.runtime import tierer
 
     with _runtime() as runtime:
-        projects = runtime.projects
-        report = Tierer(
+        report = tierer(
             runtime.engine,
             runtime.lake,
-            hot_days_of=lambda pid: Retention.stored(projects.retention(pid)).hot_days,
-            file_rows=runtime.settings.tier_file_rows,
+            runtime.projects,
+            runtime.settings,
             time_budget_seconds=float("inf"),
         ).run()
         url = runtime.lake.uri("")
@@ -118,9 +116,10 @@ def query_(
 
     if fmt not in ("table", "csv", "json"):
         raise _fail("--format must be table, csv or json")
-    aware = [v.replace(tzinfo=dt.UTC) if v and not v.tzinfo else v for v in (since, until)]
+    from closedloop.store.db import utc
+
     try:
-        df = query(sql, project=project, settings=_settings(), since=aware[0], until=aware[1])
+        df = query(sql, project=project, settings=_settings(), since=utc(since), until=utc(until))
     except ClosedLoopError as exc:
         raise _fail(exc) from exc
     if fmt == "csv":
@@ -149,6 +148,7 @@ def search(
     until: Annotated[dt.datetime | None, typer.Option(help="Before this time (UTC).")] = None,
 ) -> None:
     """Semantic search over a project's inputs, corrections and comments."""
+    from closedloop.store.db import utc
     from closedloop.store.vectors.search import search as run_search
 
     with _runtime() as runtime:
@@ -163,8 +163,8 @@ def search(
                 q,
                 k=k,
                 kinds=kind or None,
-                since=since.replace(tzinfo=dt.UTC) if since and not since.tzinfo else since,
-                until=until.replace(tzinfo=dt.UTC) if until and not until.tzinfo else until,
+                since=utc(since),
+                until=utc(until),
             )
         except (ClosedLoopError, ValueError) as exc:
             raise _fail(str(exc)) from exc

@@ -36,7 +36,7 @@ from closedloop.store.vectors.job import EmbeddingJob, EmbedParams
 from closedloop.types import ProjectKey
 from closedloop.worker import BUILTIN_RECURRING, Recurring, Worker, builtin_handlers
 
-__all__ = ["KeyCache", "Runtime"]
+__all__ = ["KeyCache", "Runtime", "tierer"]
 
 
 class KeyCache:
@@ -88,8 +88,22 @@ class KeyCache:
         return origins
 
 
-def _hot_days(projects: Projects, project_id: int) -> float:
-    return Retention.stored(projects.retention(project_id)).hot_days
+def tierer(
+    engine: Engine,
+    lake: Lake,
+    projects: Projects,
+    settings: Settings,
+    *,
+    time_budget_seconds: float = 45.0,
+) -> Tierer:
+    """The tiering job, each project's hot window read from its retention."""
+    return Tierer(
+        engine,
+        lake,
+        hot_days_of=lambda project_id: Retention.stored(projects.retention(project_id)).hot_days,
+        file_rows=settings.tier_file_rows,
+        time_budget_seconds=time_budget_seconds,
+    )
 
 
 def _warm_redaction() -> None:
@@ -157,41 +171,6 @@ class Runtime:
             ),
             registry=metrics.registry,
         )
-        worker = None
-        runtime_holder: list[Runtime] = []
-        if settings.run_worker:
-            handlers = builtin_handlers(engine, settings.replay_window_hours)
-            handlers["enrich"] = enricher
-            handlers["tier"] = Tierer(
-                engine,
-                lake,
-                hot_days_of=lambda project_id: _hot_days(projects, project_id),
-                file_rows=settings.tier_file_rows,
-            )
-            handlers["retention"] = RetentionJob(engine, lake, indexes)
-            if settings.embed_in_worker:
-                handlers["embed"] = lambda job: runtime_holder[0].embedding_job()(job)
-            for extra in get_plugin_manager(
-                load_entrypoints=load_plugins
-            ).hook.register_job_handlers():
-                handlers.update(extra)
-            worker = Worker(
-                jobs,
-                handlers,
-                recurring=(
-                    *BUILTIN_RECURRING,
-                    Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
-                    *(
-                        [Recurring(kind="embed", every_seconds=settings.embed_interval_seconds)]
-                        if settings.embed_in_worker
-                        else []
-                    ),
-                    Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
-                    Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
-                ),
-                lease_seconds=settings.job_lease_seconds,
-                poll_seconds=settings.job_poll_seconds,
-            )
         runtime = cls(
             settings=settings,
             engine=engine,
@@ -206,10 +185,37 @@ class Runtime:
             lake=lake,
             indexes=indexes,
             erased=erased,
-            worker=worker,
         )
-        runtime_holder.append(runtime)
+        if settings.run_worker:
+            runtime.worker = runtime._worker(load_plugins)
         return runtime
+
+    def _worker(self, load_plugins: bool) -> Worker:
+        """The in-process worker with every stage's job (the embedding job loads the model on
+        its first run, through :meth:`embedding_job`)."""
+        settings, engine = self.settings, self.engine
+        handlers = builtin_handlers(engine, settings.replay_window_hours)
+        handlers["enrich"] = self.enricher
+        handlers["tier"] = tierer(engine, self.lake, self.projects, settings)
+        handlers["retention"] = RetentionJob(engine, self.lake, self.indexes)
+        recurring = [
+            *BUILTIN_RECURRING,
+            Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
+            Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
+            Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
+        ]
+        if settings.embed_in_worker:
+            handlers["embed"] = lambda job: self.embedding_job()(job)
+            recurring.append(Recurring(kind="embed", every_seconds=settings.embed_interval_seconds))
+        for extra in get_plugin_manager(load_entrypoints=load_plugins).hook.register_job_handlers():
+            handlers.update(extra)
+        return Worker(
+            self.jobs,
+            handlers,
+            recurring=tuple(recurring),
+            lease_seconds=settings.job_lease_seconds,
+            poll_seconds=settings.job_poll_seconds,
+        )
 
     def embedder(self) -> Embedder:
         """The process's embedder (cached by text hash), chosen once; the model loads on first

@@ -11,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from closedloop.cli import app
+from closedloop.runtime import Runtime
 from closedloop.sdk.envelope import make_event
+from closedloop.settings import Settings
 from tests.integration.test_cli import _count, _text
 
 
@@ -129,3 +131,22 @@ def test_query_sees_hot_and_cold_rows_as_one_table(shop: str) -> None:
     bad = runner.invoke(app, ["query", "DELETE FROM interactions", "--project", "shop"])
     assert bad.exit_code == 1 and "only reads" in _text(bad)
     assert _count(shop, "interactions") == 2
+
+
+@pytest.mark.parametrize("embed_in_worker", [True, False])
+def test_the_in_process_worker_runs_every_storage_job(
+    settings: Settings, embed_in_worker: bool
+) -> None:
+    rt = Runtime.build(
+        settings.with_overrides(run_worker=True, embed_in_worker=embed_in_worker),
+        load_plugins=False,
+    )
+    try:
+        assert rt.worker is not None
+        kinds = {"enrich", "tier", "retention"} | ({"embed"} if embed_in_worker else set())
+        assert kinds <= set(rt.worker.handlers)
+        assert ("embed" in rt.worker.handlers) is embed_in_worker
+        assert kinds <= {r.kind for r in rt.worker.recurring}
+        assert ("embed" in {r.kind for r in rt.worker.recurring}) is embed_in_worker
+    finally:
+        rt.engine.dispose()

@@ -10,6 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field
 
 from closedloop.ingest.deps import get_runtime, require_secret_key
+from closedloop.store.db import utc
 from closedloop.store.olap import Analytics
 from closedloop.types import ProjectKey
 
@@ -31,10 +32,6 @@ class QueryIn(BaseModel):
     limit: int = Field(default=10_000, ge=1, le=100_000, description="Most rows answered.")
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
-
-
 @router.post(
     "/query",
     summary="SQL over the project's hot rows and lake",
@@ -50,8 +47,8 @@ def run_query(request: Request, key: Key, body: QueryIn) -> dict[str, Any]:
     table = analytics.arrow(
         body.sql,
         project_id=key.project_id,
-        since=_aware(body.since),
-        until=_aware(body.until),
+        since=utc(body.since),
+        until=utc(body.until),
         params=body.params,
     )
     rows = table.slice(0, body.limit).to_pylist()

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from closedloop.ingest.deps import get_runtime, require_secret_key
+from closedloop.store.db import utc
 from closedloop.store.vectors.search import search as run_search
 from closedloop.types import ProjectKey
 
@@ -17,10 +18,6 @@ router = APIRouter(prefix="/v1", tags=["search"])
 
 Key = Annotated[ProjectKey, Depends(require_secret_key)]
 Kind = Literal["input", "correction", "comment"]
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    return value.replace(tzinfo=dt.UTC) if value is not None and value.tzinfo is None else value
 
 
 @router.get(
@@ -54,8 +51,8 @@ def search(
         q,
         k=k,
         kinds=kind or None,
-        since=_aware(since),
-        until=_aware(until),
+        since=utc(since),
+        until=utc(until),
         model_name=model,
         model_version=model_version,
         prompt_name=prompt,
