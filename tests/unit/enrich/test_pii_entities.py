@@ -24,6 +24,9 @@ def entities(text: str) -> list[tuple[str, str]]:
         ("pay with 5555-5555-5555-4444", "card", "5555-5555-5555-4444"),
         ("IBAN GB82 WEST 1234 5698 7654 32 please", "iban", "GB82 WEST 1234 5698 7654 32"),
         ("iban de89370400440532013000", "iban", "de89370400440532013000"),
+        # a hex group just before it must not swallow its start, nor a group after it its end
+        ("peer ::fe56 DE82 1854 6711 0754 2047 17 ok", "iban", "DE82 1854 6711 0754 2047 17"),
+        ("to DE89 3704 0044 0532 0130 00 1234 today", "iban", "DE89 3704 0044 0532 0130 00"),
         ("blocked from 203.0.113.42 again", "ip", "203.0.113.42"),
         ("v6 peer 2001:db8::8a2e:370:7334 seen", "ip", "2001:db8::8a2e:370:7334"),
         ("SSN 078-05-1120 on file", "ssn", "078-05-1120"),

@@ -169,9 +169,20 @@ def find_ibans(text: str | Doc) -> Iterator[Hit]:
     doc = _doc(text)
     if doc.digits < 4:
         return
-    for m in _IBAN.finditer(doc.text):
-        if iban_valid(m.group()):
-            yield m.start(), m.end(), "iban"
+    text = doc.text
+    pos = 0
+    while (m := _IBAN.search(text, pos)) is not None:
+        # the greedy match may run into a following group ("... 2047 17 3305"): the longest
+        # valid prefix that ends at a group boundary wins
+        ends = [m.end()] + [i for i in range(m.end() - 1, m.start(), -1) if text[i] == " "]
+        end = next((e for e in ends if iban_valid(text[m.start() : e])), None)
+        if end is not None:
+            yield m.start(), end, "iban"
+            pos = end
+        else:
+            # "2001:db8::fe56 DE82 1854 ...": an IBAN may start at a later group
+            nxt = text.find(" ", m.start() + 1, m.end())
+            pos = m.end() if nxt < 0 else nxt + 1
 
 
 def find_ssns(text: str | Doc) -> Iterator[Hit]:
