@@ -71,10 +71,19 @@ __all__ = [
 __version__ = "0.1.0.dev0"
 
 
+_ANALYSIS = ("drift_alarms", "issues", "metrics", "topics")
+
+
 def __getattr__(name: str) -> object:
-    """``closedloop.query``: SQL over both tiers (the server extra; duckdb loads on first use)."""
+    """``closedloop.query``: SQL over both tiers; ``closedloop.metrics``, ``issues``,
+    ``topics`` and ``drift_alarms``: the analysis as DataFrames (the server extra; loaded on
+    first use, so the light SDK stays light)."""
     if name == "query":
         from closedloop.store.olap import query
 
         return query
+    if name in _ANALYSIS:
+        from closedloop.analyze import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'closedloop' has no attribute {name!r}")

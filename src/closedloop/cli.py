@@ -401,5 +401,6 @@ def main() -> None:
     app()
 
 
-# The storage commands register themselves on ``app`` and ``projects_app``.
+# The storage and analysis commands register themselves on ``app`` and ``projects_app``.
+from closedloop import cli_analyze as _cli_analyze  # noqa: E402,F401
 from closedloop import cli_storage as _cli_storage  # noqa: E402,F401

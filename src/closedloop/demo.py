@@ -230,7 +230,6 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
                     statuses[result["status"]] = statuses.get(result["status"], 0) + 1
         again = client.post("/v1/events", json={"events": events[:100]}, headers=auth).json()
         enrichment = _wait_for_enrichment(client, auth)
-        quality = _quality_by_version(client, auth)
         down = client.get(
             "/v1/interactions",
             params={"feedback_kind": "thumbs", "feedback_value": -1, "limit": 3},
@@ -239,6 +238,11 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
         details = [client.get(f"/v1/interactions/{d['id']}", headers=auth).json() for d in down]
         console.print("waiting for the embedding job (the model loads once, ~10 s) ...")
         found = _wait_for_search(client, auth, SEARCH_QUERY)
+        analysis = client.post("/v1/analyze", headers=auth).json()
+        by_model = client.get(
+            "/v1/metrics", params={"by": "model", "measure": list(_DEMO_MEASURES)}, headers=auth
+        ).json()["rows"]
+        issues = client.get("/v1/issues", params={"limit": 5}, headers=auth).json()["issues"]
         metrics = client.get("/metrics").text
     table = Table("event type", "sent", title="what the demo sent through POST /v1/events")
     for type_, count in sorted(sent.items()):
@@ -266,17 +270,7 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
         reactions = [_describe(f) for f in d["feedback"]] + [s["kind"] for s in d["signals"]]
         shown.add_row(_short(question, 40), _short(d["output"], 40), ", ".join(reactions))
     console.print(shown)
-    table = Table(
-        "model version",
-        "interactions",
-        "explicit / implicit / prior",
-        "mean quality",
-        title="quality estimated by the enrichment job (explicit feedback wins; else implicit)",
-    )
-    for version, row in sorted(quality.items()):
-        bases = "{explicit} / {implicit} / {prior}".format(**row["bases"])
-        table.add_row(version, str(row["n"]), bases, f"{row['mean']:.3f}")
-    console.print(table)
+    _print_metrics(console, by_model)
     console.print(
         "enrichment: {w} interactions waiting; sessions {t} ({a} ended by abandonment); "
         "feedback still waiting for its interaction {p}".format(
@@ -296,6 +290,7 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
     for hit in found.get("hits", []):
         hits.add_row(f"{hit['score']:.3f}", hit["kind"], _short(hit["text"] or "", 70))
     console.print(hits)
+    _print_issues(console, issues, analysis)
     balance = [
         line
         for line in metrics.splitlines()
@@ -338,29 +333,50 @@ def _wait_for_enrichment(
         time.sleep(0.25)
 
 
-def _quality_by_version(client: httpx.Client, auth: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
-        page = client.get("/v1/interactions", params=params, headers=auth).json()
-        for item in page["data"]:
-            if item["quality"] is None:
-                continue
-            version = (item.get("model") or {}).get("version", "-")
-            row = out.setdefault(
-                version,
-                {"n": 0, "sum": 0.0, "bases": dict.fromkeys(("explicit", "implicit", "prior"), 0)},
-            )
-            row["n"] += 1
-            row["sum"] += item["quality"]["value"]
-            row["bases"][item["quality"]["basis"]] += 1
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    for row in out.values():
-        row["mean"] = row["sum"] / row["n"]
-    return out
+_DEMO_MEASURES = ("volume", "feedback_rate", "positive_rate", "quality", "edit_similarity")
+
+
+def _print_metrics(console: Console, rows: list[dict[str, Any]]) -> None:
+    table = Table(title="GET /v1/metrics?by=model (95 % intervals: Wilson, t)")
+    table.add_column("model", no_wrap=True)
+    for header in ("volume", "feedback", "thumbs up", "quality", "edit sim."):
+        table.add_column(header)
+    cells: dict[str, dict[str, str]] = {}
+    for row in rows:
+        value, low, high = row["value"], row["low"], row["high"]
+        text = "-" if value is None else f"{value:.3g}"
+        if value is not None and low is not None and high is not None:
+            text += f" [{low:.2f}, {high:.2f}]"
+        cells.setdefault(row["segment"], {})[row["measure"]] = text
+    for segment, measures in cells.items():
+        table.add_row(segment, *(measures.get(m, "-") for m in _DEMO_MEASURES))
+    console.print(table)
+
+
+def _print_issues(console: Console, issues: list[dict[str, Any]], analysis: dict[str, Any]) -> None:
+    table = Table(
+        "rank",
+        "issue",
+        "size",
+        "impact",
+        "example",
+        title="GET /v1/issues: negative feedback clustered, ranked by impact",
+    )
+    for issue in issues:
+        example = next((e["input"] for e in issue["examples"] if e["input"]), "")
+        table.add_row(
+            str(issue["rank"]),
+            _short(issue["name"], 40),
+            str(issue["size"]),
+            f"{issue['impact']:.1f}",
+            _short(example, 40),
+        )
+    console.print(table)
+    console.print(
+        f"analysis: {analysis['members']} interactions clustered into topics and issues, "
+        f"{analysis['observations']} feedback observations fed to the drift detectors, "
+        f"{analysis['alarms']} alarms"
+    )
 
 
 def _describe(feedback: dict[str, Any]) -> str:

@@ -46,13 +46,20 @@ class ClosedLoopError(Exception):
 
 
 class ConfigError(ClosedLoopError):
-    """A setting or argument is invalid."""
+    """A setting or argument is invalid; ``field`` names it where one argument is at fault."""
+
+    field: str | None = None
+
+    def __init__(self, message: str = "", *, field: str | None = None) -> None:
+        super().__init__(message)
+        if field is not None:
+            self.field = field
 
 
 class QueryError(ConfigError):
     """An analytics query failed, does not parse, or is not a read; ``field`` is ``sql``."""
 
-    field = "sql"
+    field: str | None = "sql"
 
 
 class ContractError(ClosedLoopError, ValueError):

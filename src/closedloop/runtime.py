@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
+from closedloop.analyze.cluster import ClusterParams
+from closedloop.analyze.drift.monitor import DriftParams
+from closedloop.analyze.input_drift import InputDriftParams
+from closedloop.analyze.job import AnalyzeParams, Analyzer
+from closedloop.analyze.tracker import TrackerParams
 from closedloop.embed.base import Embedder, load_embedder
 from closedloop.embed.cache import EmbeddingCache
 from closedloop.enrich.job import Enricher, EnrichParams, JoinStateCollector
@@ -29,6 +34,7 @@ from closedloop.store.jobs import JobQueue
 from closedloop.store.lake import manifest
 from closedloop.store.lake.files import Lake
 from closedloop.store.lake.tiering import Tierer
+from closedloop.store.olap import Analytics
 from closedloop.store.projects import Projects, hash_key
 from closedloop.store.retention import Retention
 from closedloop.store.vectors.index import IndexManager
@@ -106,6 +112,24 @@ def tierer(
     )
 
 
+def analyze_params(settings: Settings) -> AnalyzeParams:
+    """The analysis job's configuration from the settings."""
+    return AnalyzeParams(
+        drift=DriftParams(
+            arl0=settings.drift_arl0,
+            n_segments=settings.drift_streams,
+            warmup=settings.drift_warmup,
+        ),
+        tracker=TrackerParams(
+            cluster=ClusterParams(),
+            negative_below=settings.negative_quality,
+            window_days=settings.issue_window_days,
+        ),
+        input=InputDriftParams(alpha=settings.input_drift_alpha),
+        input_every_seconds=settings.input_drift_interval_seconds,
+    )
+
+
 def _warm_redaction() -> None:
     from closedloop.enrich.pii import warm
 
@@ -134,6 +158,7 @@ class Runtime:
     _embedder: EmbeddingCache | None = field(default=None, repr=False)
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _embedding_job: EmbeddingJob | None = field(default=None, repr=False)
+    _analyzer: Analyzer | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, load_plugins: bool = True) -> Runtime:
@@ -198,9 +223,11 @@ class Runtime:
         handlers["enrich"] = self.enricher
         handlers["tier"] = tierer(engine, self.lake, self.projects, settings)
         handlers["retention"] = RetentionJob(engine, self.lake, self.indexes)
+        handlers["analyze"] = lambda job: self.analyzer()(job)
         recurring = [
             *BUILTIN_RECURRING,
             Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
+            Recurring(kind="analyze", every_seconds=settings.analyze_interval_seconds),
             Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
             Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
         ]
@@ -238,6 +265,21 @@ class Runtime:
                     registry=self.metrics.registry,
                 )
             return self._embedding_job
+
+    def analyzer(self) -> Analyzer:
+        """The analysis job (topics, issues, drift) over this process's embedder's vectors."""
+        with self._embedder_lock:
+            if self._analyzer is None:
+                self._analyzer = Analyzer(
+                    self.engine,
+                    lambda: self.embedder().name,
+                    analyze_params(self.settings),
+                )
+            return self._analyzer
+
+    def analytics(self) -> Analytics:
+        """SQL over both tiers of this store (:class:`~closedloop.store.olap.Analytics`)."""
+        return Analytics(self.engine, self.settings.resolved_lake_url(), self.settings.lake_options)
 
     def erase_user(self, project_id: int, user_id: str) -> ErasureReceipt:
         """Erase one end user from every tier (see :mod:`closedloop.store.erasure`)."""

@@ -211,6 +211,55 @@ class Settings(BaseSettings):
     embed_batch_texts: int = Field(
         default=256, gt=0, description="Most texts embedded in one batch (default 256)."
     )
+    analyze_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often topics, issues and drift are brought up to date, in seconds "
+        "(default 60).",
+    )
+    drift_arl0: float = Field(
+        default=10_000,
+        gt=1,
+        description="Quality drift's stated false-alarm rate: at most one false alarm per this "
+        "many feedback observations, over all segment streams of a project together "
+        "(default 10,000).",
+    )
+    drift_streams: int = Field(
+        default=64,
+        gt=0,
+        description="The segment streams (segment x measure) the false-alarm budget is shared "
+        "between: each stream's detector runs at drift_arl0 x drift_streams (default 64).",
+    )
+    drift_warmup: int = Field(
+        default=1000,
+        gt=0,
+        description="Feedback observations a stream collects as its reference before it may "
+        "raise an alarm: the guard for low-volume segments (default 1,000).",
+    )
+    input_drift_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often the input-drift tests run, in seconds (default 3,600).",
+    )
+    input_drift_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="The false-alarm probability of each input-drift test (default 0.01).",
+    )
+    issue_window_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="An issue's trend compares this many days with as many before; an issue "
+        "with no new member in that long is resolved (default 7).",
+    )
+    negative_quality: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Interactions whose quality estimate (from feedback or implicit signals) "
+        "is below this are clustered into issues (default 0.5).",
+    )
     access_log: bool = Field(
         default=False,
         description="Log every HTTP request (default false: /metrics counts requests by route "

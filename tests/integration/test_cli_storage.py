@@ -134,7 +134,7 @@ def test_query_sees_hot_and_cold_rows_as_one_table(shop: str) -> None:
 
 
 @pytest.mark.parametrize("embed_in_worker", [True, False])
-def test_the_in_process_worker_runs_every_storage_job(
+def test_the_in_process_worker_runs_every_storage_and_analysis_job(
     settings: Settings, embed_in_worker: bool
 ) -> None:
     rt = Runtime.build(
@@ -143,7 +143,8 @@ def test_the_in_process_worker_runs_every_storage_job(
     )
     try:
         assert rt.worker is not None
-        kinds = {"enrich", "tier", "retention"} | ({"embed"} if embed_in_worker else set())
+        kinds = {"enrich", "tier", "retention", "analyze"}
+        kinds |= {"embed"} if embed_in_worker else set()
         assert kinds <= set(rt.worker.handlers)
         assert ("embed" in rt.worker.handlers) is embed_in_worker
         assert kinds <= {r.kind for r in rt.worker.recurring}

@@ -11,6 +11,7 @@ the matrix cannot pass because authentication is broken.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from closedloop import make_event
+from closedloop.analyze.quality_drift import store_alarm
 from closedloop.ingest.app import create_app
 from closedloop.runtime import Runtime
 from tests.conftest import Tenant
@@ -507,6 +509,108 @@ async def check_erase_user(w: World, path: str) -> None:
     assert r.json()["results"][0]["status"] == "stored", r.text
 
 
+async def _analyzed(w: World) -> int:
+    """Give A an issue and a topic (three more failing questions like A's), an alarm, and run
+    the analysis; A's first issue's id."""
+    events = [
+        _event("interaction", {"input": f"{A_INPUT} {n}", "output": A_OUTPUT}, f"a-more-{n}", 10)
+        for n in range(3)
+    ]
+    events += [
+        _event("feedback", {"interaction_id": f"a-more-{n}", "thumbs": -1}, f"a-more-f{n}", 11)
+        for n in range(3)
+    ]
+    r = await w.client.post("/v1/events", json={"events": events}, headers=w.a.headers())
+    assert r.status_code == 200, r.text
+    w.runtime.enricher.run()
+    w.runtime.embedding_job().run()
+    w.runtime.analyzer().run(w.a.project_id)
+    with w.runtime.engine.begin() as conn:
+        store_alarm(
+            conn,
+            project_id=w.a.project_id,
+            kind="quality",
+            segment=f"model={A_MODEL}@{A_MODEL_VERSION}",
+            measure="thumbs",
+            since=dt.datetime(2025, 6, 1, tzinfo=dt.UTC),
+            detected_at=dt.datetime(2025, 6, 2, tzinfo=dt.UTC),
+            before={"value": 0.9},
+            after={"value": 0.5},
+            details={"note": A_LABEL},
+        )
+    r = await w.client.get("/v1/issues", headers=w.a.headers())
+    assert r.json()["issues"], f"positive control: A has an issue: {r.text}"
+    r = await w.client.get("/v1/topics", headers=w.a.headers())
+    assert r.json()["topics"], f"positive control: A has a topic: {r.text}"
+    return int(r.json()["topics"][0]["id"])
+
+
+async def check_analysis_list(w: World, path: str) -> None:
+    """Metrics, drift alarms, issues and topics: B's secret key sees nothing of A's, whatever
+    segment it asks for; public keys and no key get 401; A sees its own (positive control)."""
+    await _analyzed(w)
+    variants: list[dict[str, str]] = [{}]
+    if path == "/v1/metrics":
+        variants += [
+            {"by": by}
+            for by in ("model", "prompt", "topic", "tag", "cohort:plan")
+        ]  # fmt: skip
+    key = {"/v1/metrics": "rows", "/v1/drift": "alarms"}.get(path, path.rsplit("/", 1)[-1])
+    for params in variants:
+        for who, headers in w.callers().items():
+            r = await w.client.get(path, params=params, headers=headers)
+            if who == "B secret":
+                assert r.status_code == 200, r.text
+                assert r.json()[key] == [], (params, r.text)
+            else:
+                assert_unauthorized(r, who)
+            assert_no_leak(r, echoed=list(params.values()), who=who)
+        r = await w.client.get(path, params=params, headers=w.a.headers())
+        assert r.status_code == 200, r.text
+        assert r.json()[key], f"positive control: A sees its own {path} {params}"
+
+
+async def check_issue(w: World, path: str) -> None:
+    """One issue: B's secret key asking for A's issue id gets 404 like an id nobody holds."""
+    await _analyzed(w)
+    r = await w.client.get("/v1/issues", headers=w.a.headers())
+    issue_id = str(r.json()["issues"][0]["id"])
+    url = path.replace("{issue_id}", issue_id)
+    for who, headers in w.callers().items():
+        r = await w.client.get(url, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 404, r.text
+            nobody = await w.client.get(path.replace("{issue_id}", "999"), headers=headers)
+            assert nobody.status_code == 404
+            assert _masked(r, [issue_id]) == _masked(nobody, ["999"])
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    r = await w.client.get(url, headers=w.a.headers())
+    assert r.status_code == 200 and r.json()["members"], r.text
+
+
+async def check_analyze(w: World, path: str) -> None:
+    """A run of the analysis for B's key analyses B only: A's issues and topics stay as they
+    were; public keys and no key get 401."""
+    await _analyzed(w)
+    before = [
+        (await w.client.get(u, headers=w.a.headers())).json() for u in ("/v1/issues", "/v1/topics")
+    ]
+    for who, headers in w.callers().items():
+        r = await w.client.post(path, headers=headers)
+        if who == "B secret":
+            assert r.status_code == 200, r.text
+            assert r.json()["members"] == 0, r.text
+        else:
+            assert_unauthorized(r, who)
+        assert_no_leak(r, who=who)
+    after = [
+        (await w.client.get(u, headers=w.a.headers())).json() for u in ("/v1/issues", "/v1/topics")
+    ]
+    assert after == before
+
+
 async def check_list(w: World, path: str) -> None:
     """GET of a list, once per query parameter aimed at A's data: B's secret key gets B's
     own (empty) page, public keys and no key get 401; A's secret key gets A's data."""
@@ -674,6 +778,12 @@ CASES: dict[tuple[str, str], Check] = {
     ("GET", "/v1/lake"): check_lake,
     ("GET", "/v1/search"): check_search,
     ("POST", "/v1/query"): check_query,
+    ("GET", "/v1/metrics"): check_analysis_list,
+    ("GET", "/v1/drift"): check_analysis_list,
+    ("GET", "/v1/issues"): check_analysis_list,
+    ("GET", "/v1/topics"): check_analysis_list,
+    ("GET", "/v1/issues/{issue_id}"): check_issue,
+    ("POST", "/v1/analyze"): check_analyze,
     ("DELETE", "/v1/users/{user_id}"): check_erase_user,
     ("GET", "/openapi.json"): check_unauthenticated,
     ("GET", "/docs"): check_unauthenticated,
@@ -780,7 +890,7 @@ async def test_every_read_with_a_public_key_is_unauthorized(world: World) -> Non
     reads = [p for m, p in ROUTES if m == "GET" and p.startswith("/v1")]
     assert len(reads) >= 6
     for path in reads:
-        url = _fill(path, A_OBJECT)
+        url = _fill(path, {**A_OBJECT, "issue_id": "1"})
         for tenant in (world.a, world.b):
             r = await world.client.get(url, headers=tenant.headers("public"))
             if ("GET", path) in UNAUTHENTICATED:

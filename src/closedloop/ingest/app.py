@@ -28,7 +28,17 @@ from closedloop.errors import (
 from closedloop.ingest.body import UnsupportedMediaType
 from closedloop.ingest.cors import ProjectCors
 from closedloop.ingest.problems import problem
-from closedloop.ingest.routes import browser, events, ops, privacy, query, read, search, storage
+from closedloop.ingest.routes import (
+    analysis,
+    browser,
+    events,
+    ops,
+    privacy,
+    query,
+    read,
+    search,
+    storage,
+)
 from closedloop.ingest.routes import otlp as otlp_routes
 from closedloop.runtime import Runtime
 from closedloop.settings import Settings, get_settings
@@ -259,6 +269,7 @@ def create_app(
     app.include_router(storage.router)
     app.include_router(search.router)
     app.include_router(query.router)
+    app.include_router(analysis.router)
     app.include_router(ops.router)
     app.include_router(otlp_routes.router)
     app.include_router(browser.router)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -357,6 +358,25 @@ def _delete_hot(
         hot["embedding_cache"] = _delete(
             conn, cache, lambda c: cache.c.text_hash.in_(c), text_hashes
         )
+        # topic and issue memberships, and the examples that showed the user's inputs (a
+        # cluster's centroid and keywords are aggregates, renewed when it next changes)
+        m, cl = models.cluster_members, models.clusters
+        hot["cluster_members"] = _delete(
+            conn,
+            m,
+            lambda c: sa.and_(m.c.project_id == project_id, m.c.ref_id.in_(c)),
+            interaction_ids,
+        )
+        for kind, cid, examples in conn.execute(
+            sa.select(cl.c.kind, cl.c.id, cl.c.examples).where(cl.c.project_id == project_id)
+        ).all():
+            kept = [e for e in json.loads(examples) if e not in interaction_ids]
+            if len(kept) != len(json.loads(examples)):
+                conn.execute(
+                    cl.update()
+                    .where(cl.c.project_id == project_id, cl.c.kind == kind, cl.c.id == cid)
+                    .values(examples=json.dumps(kept))
+                )
     return hot
 
 

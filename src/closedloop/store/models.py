@@ -10,7 +10,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "analysis_state",
     "api_keys",
+    "cluster_members",
+    "clusters",
+    "drift_alarms",
+    "drift_streams",
     "embedding_cache",
     "erased_users",
     "event_ids",
@@ -308,4 +313,88 @@ export_users = sa.Table(
     sa.Column("export_id", BigId, primary_key=True),
     sa.Column("user_key", sa.String(64), primary_key=True),
     sa.Index("ix_export_users_user", "user_key"),
+)
+
+# -- analysis (migration 0004) ----------------------------------------------------------------
+
+# Topics (kind ``topic``: every interaction's input) and issues (kind ``issue``: interactions
+# with negative feedback), clustered incrementally; an id is never reused within a project and
+# kind. ``state``: topics are ``open``; issues ``open``, ``growing`` or ``resolved``.
+clusters = sa.Table(
+    "clusters",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("keywords", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("examples", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("centroid", sa.LargeBinary, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("stats", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.Column("last_seen_at", Ts, nullable=False),
+)
+
+# One row per clustered interaction and kind; ``cluster_id`` NULL while it waits in the pool of
+# inputs no cluster has taken yet.
+cluster_members = sa.Table(
+    "cluster_members",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(8), primary_key=True),
+    sa.Column("ref_id", sa.String(128), primary_key=True),
+    sa.Column("cluster_id", sa.Integer),
+    sa.Column("similarity", sa.Float),
+    sa.Column("severity", sa.Float, nullable=False, server_default="1"),
+    sa.Column("ts", Ts, nullable=False),
+    sa.Column("assigned_at", Ts, nullable=False),
+    sa.Index("ix_cluster_members_cluster", "project_id", "kind", "cluster_id", "ts"),
+)
+
+# The state of each quality-drift detector (one per segment and measure), between job runs.
+drift_streams = sa.Table(
+    "drift_streams",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("segment", sa.String(600), primary_key=True),
+    sa.Column("measure", sa.String(32), primary_key=True),
+    sa.Column("detector", sa.String(64), nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+    sa.Column("observations", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+# Alarms: quality (a detector's change), input (embeddings), topic_mix and emerging.
+drift_alarms = sa.Table(
+    "drift_alarms",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("segment", sa.String(600), nullable=False),
+    sa.Column("measure", sa.String(32), nullable=False),
+    sa.Column("since", Ts, nullable=False),
+    sa.Column("detected_at", Ts, nullable=False),
+    sa.Column("before", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("after", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("details", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.UniqueConstraint(
+        "project_id", "kind", "segment", "measure", "since", name="uq_drift_alarms_change"
+    ),
+    sa.Index("ix_drift_alarms_project_detected", "project_id", "detected_at"),
+)
+
+# Watermarks and small state of the analysis job, per project.
+analysis_state = sa.Table(
+    "analysis_state",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
 )

@@ -468,9 +468,14 @@ class Analytics:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
+        tables: Mapping[str, pa.Table] | None = None,
     ) -> pd.DataFrame:
-        """Run one read-only statement; the result as a DataFrame (timestamps in UTC)."""
-        with self._connect(sql, project_id, since, until) as conn:
+        """Run one read-only statement; the result as a DataFrame (timestamps in UTC).
+
+        ``tables`` are Arrow tables the statement may read by name beside the views (the
+        caller's own data, such as topic assignments); their names must not be a view's.
+        """
+        with self._connect(sql, project_id, since, until, tables) as conn:
             return self._run(conn, sql, params).df()
 
     def arrow(
@@ -481,9 +486,11 @@ class Analytics:
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         params: Sequence[Any] | Mapping[str, Any] | None = None,
+        tables: Mapping[str, pa.Table] | None = None,
     ) -> pa.Table:
-        """Run one read-only statement; the result as an Arrow table."""
-        with self._connect(sql, project_id, since, until) as conn:
+        """Run one read-only statement; the result as an Arrow table (``tables``: as in
+        :meth:`query`)."""
+        with self._connect(sql, project_id, since, until, tables) as conn:
             table: pa.Table = self._run(conn, sql, params).to_arrow_table()
             return table
 
@@ -508,9 +515,13 @@ class Analytics:
         project_id: int,
         since: dt.datetime | None,
         until: dt.datetime | None,
+        tables: Mapping[str, pa.Table] | None = None,
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         if not isinstance(project_id, int) or isinstance(project_id, bool):
             raise ValueError(f"project_id must be an int, not {project_id!r}")
+        clash = set(tables or ()) & set(VIEWS)
+        if clash:
+            raise ValueError(f"tables may not shadow the views {sorted(clash)}")
         window = _Window(utc(since), utc(until))
         conn = duckdb.connect(":memory:")
         try:
@@ -520,6 +531,8 @@ class Analytics:
                 conn.execute(f"SET threads = {int(self.threads)}")
             self._check(conn, sql)
             allowed = self._stage(conn, _needs(conn, sql), project_id, window)
+            for name, table in (tables or {}).items():
+                conn.register(name, table)
             conn.execute(f"SET allowed_paths = [{', '.join(map(_quote, allowed))}]")
             conn.execute("SET enable_external_access = false")
             conn.execute("SET lock_configuration = true")

@@ -1,0 +1,444 @@
+"""Topics and issues: clusters of interaction inputs, kept up to date run after run.
+
+Two kinds, one mechanism (:class:`~closedloop.analyze.cluster.IncrementalClusterer` over the
+``input`` vectors the embedding job stores):
+
+* ``topic``: every interaction's input; topics segment the metrics and feed topic-mix drift.
+* ``issue``: the inputs of interactions with negative evidence: a quality estimate below
+  ``negative_below`` decided by feedback or implicit measures (thumbs down, a low rating, a
+  correction, a heavy edit, a rephrase, abandonment; never the prior alone). Severity is
+  ``1 - quality``.
+
+Each run takes the interactions with a vector that are not yet members (an anti-join, so
+feedback that makes an interaction negative later is picked up then), joins them to the
+nearest cluster or opens new ones, and stores members, centroids, names (class-based TF-IDF
+keywords over the members' inputs) and representative examples. Ids are never reused, so an
+issue keeps its id for life. Issues are then ranked by impact (:func:`issue_stats`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from closedloop.analyze.cluster import Cluster, ClusterParams, IncrementalClusterer, Pending
+from closedloop.analyze.keywords import ctfidf_keywords, name_of, representatives
+from closedloop.enrich.sessions import user_text
+from closedloop.events import Interaction
+from closedloop.store import models
+from closedloop.store.db import utcnow
+
+__all__ = [
+    "Kind",
+    "TrackerParams",
+    "TrackerStats",
+    "ClusterTracker",
+    "issue_stats",
+    "topic_table",
+]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["topic", "issue"]
+_DROPPED = -1  # a member dropped from a full pending pool: never clustered
+_interaction = msgspec.json.Decoder(Interaction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackerParams:
+    """How topics and issues are tracked.
+
+    ``cluster`` are the clustering parameters; ``negative_below`` the quality under which an
+    interaction with evidence is an issue's member; ``batch`` the most new members taken per
+    run; ``keyword_docs`` the members' inputs per cluster that name it; ``window_days`` the
+    window of an issue's trend (this window against the one before); ``growing`` the growth
+    at or above which an issue is ``growing``.
+    """
+
+    cluster: ClusterParams = ClusterParams()
+    negative_below: float = 0.5
+    batch: int = 2000
+    keyword_docs: int = 100
+    window_days: float = 7.0
+    growing: float = 1.5
+
+
+@dataclass(frozen=True)
+class TrackerStats:
+    """What one run did."""
+
+    added: int = 0
+    joined: int = 0
+    opened: int = 0
+    pending: int = 0
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def _vec(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+class ClusterTracker:
+    """Keeps one kind of cluster (topics or issues) of a project up to date.
+
+    ``model`` is the embedder's name: only its vectors are clustered, and its clusters used.
+    """
+
+    def __init__(
+        self, engine: Engine, kind: Kind, model: str, params: TrackerParams = TrackerParams()
+    ) -> None:
+        if kind not in ("topic", "issue"):
+            raise ValueError(f"kind must be topic or issue, not {kind!r}")
+        self.engine = engine
+        self.kind = kind
+        self.model = model
+        self.params = params
+
+    def run(self, project_id: int, *, now: dt.datetime | None = None) -> TrackerStats:
+        """One run: new members in, clusters joined or opened, names and stats refreshed."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            clusterer, pending_ts = self._load(conn, project_id)
+            new = self._candidates(conn, project_id)
+            if not new and not len(clusterer.pending):
+                if self.kind == "issue":
+                    self._rank(conn, project_id, now)  # a quiet week resolves an issue
+                return TrackerStats()
+            keys = [r.ref_id for r in new]
+            vectors = (
+                np.stack([_vec(r.vector) for r in new]) if new else np.zeros((0, 1), np.float32)
+            )
+            result = clusterer.step(keys, vectors) if new else clusterer.step([], vectors[:0])
+            ts = {r.ref_id: r.ts for r in new} | pending_ts
+            self._save_members(conn, project_id, new, result.joined, result.dropped, ts, now)
+            touched = set(result.joined.values())
+            self._save_clusters(conn, project_id, clusterer.clusters, touched, now)
+            if touched:
+                self._name(conn, project_id, touched, now)
+            if self.kind == "issue":
+                self._rank(conn, project_id, now)
+            log.debug("%s run: %d new, %d opened", self.kind, len(new), len(result.opened))
+        return TrackerStats(
+            added=len(new),
+            joined=len(result.joined),
+            opened=len(result.opened),
+            pending=len(clusterer.pending),
+        )
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _load(
+        self, conn: Connection, project_id: int
+    ) -> tuple[IncrementalClusterer, dict[str, dt.datetime]]:
+        c = models.clusters
+        rows = conn.execute(
+            sa.select(c.c.id, c.c.model, c.c.centroid, c.c.size).where(
+                c.c.project_id == project_id, c.c.kind == self.kind
+            )
+        ).all()
+        known = [
+            Cluster(id=r.id, centroid=_vec(r.centroid), size=r.size)
+            for r in rows
+            if r.model == self.model
+        ]
+        next_id = max((r.id for r in rows), default=0) + 1
+        m, v = models.cluster_members, models.vectors
+        waiting = conn.execute(
+            sa.select(m.c.ref_id, m.c.ts, v.c.vector)
+            .join(
+                v,
+                sa.and_(
+                    v.c.project_id == m.c.project_id,
+                    v.c.model == self.model,
+                    v.c.kind == "input",
+                    v.c.ref_id == m.c.ref_id,
+                ),
+            )
+            .where(m.c.project_id == project_id, m.c.kind == self.kind, m.c.cluster_id.is_(None))
+            .order_by(m.c.ts, m.c.ref_id)
+        ).all()
+        pending = None
+        if waiting:
+            pending = Pending(
+                keys=tuple(r.ref_id for r in waiting),
+                vectors=np.stack([_vec(r.vector) for r in waiting]),
+            )
+        clusterer = IncrementalClusterer(self.params.cluster, known, next_id, pending)
+        return clusterer, {r.ref_id: r.ts for r in waiting}
+
+    def _candidates(self, conn: Connection, project_id: int) -> list[Any]:
+        v, i, m = models.vectors, models.interactions, models.cluster_members
+        severity: sa.ColumnElement[Any] = sa.literal(1.0)
+        query = (
+            sa.select(v.c.ref_id, v.c.vector, i.c.ts)
+            .join(i, sa.and_(i.c.project_id == v.c.project_id, i.c.id == v.c.ref_id))
+            .outerjoin(
+                m,
+                sa.and_(
+                    m.c.project_id == v.c.project_id,
+                    m.c.kind == self.kind,
+                    m.c.ref_id == v.c.ref_id,
+                ),
+            )
+            .where(
+                v.c.project_id == project_id,
+                v.c.model == self.model,
+                v.c.kind == "input",
+                m.c.ref_id.is_(None),
+            )
+            .order_by(v.c.seq)
+            .limit(self.params.batch)
+        )
+        if self.kind == "issue":
+            severity = 1.0 - i.c.quality
+            query = query.where(
+                i.c.quality < self.params.negative_below,
+                i.c.quality_basis.in_(("explicit", "implicit")),
+            )
+        return list(conn.execute(query.add_columns(severity.label("severity"))).all())
+
+    # -- saving -------------------------------------------------------------------------------
+
+    def _save_members(
+        self,
+        conn: Connection,
+        project_id: int,
+        new: Sequence[Any],
+        joined: Mapping[Any, int],
+        dropped: Sequence[Any],
+        ts: Mapping[str, dt.datetime],
+        now: dt.datetime,
+    ) -> None:
+        m = models.cluster_members
+        fresh = {r.ref_id for r in new}
+        if new:
+            conn.execute(
+                m.insert(),
+                [
+                    {
+                        "project_id": project_id,
+                        "kind": self.kind,
+                        "ref_id": r.ref_id,
+                        "cluster_id": joined.get(
+                            r.ref_id, _DROPPED if r.ref_id in dropped else None
+                        ),
+                        "severity": float(r.severity) if r.severity is not None else 1.0,
+                        "ts": r.ts,
+                        "assigned_at": now,
+                    }
+                    for r in new
+                ],
+            )
+        old = [(k, cid) for k, cid in joined.items() if k not in fresh]
+        old += [(k, _DROPPED) for k in dropped if k not in fresh]
+        if old:
+            conn.execute(
+                m.update()
+                .where(
+                    m.c.project_id == project_id,
+                    m.c.kind == self.kind,
+                    m.c.ref_id == sa.bindparam("b_ref"),
+                )
+                .values(cluster_id=sa.bindparam("b_cluster"), assigned_at=now),
+                [{"b_ref": k, "b_cluster": cid} for k, cid in old],
+            )
+
+    def _save_clusters(
+        self,
+        conn: Connection,
+        project_id: int,
+        clusters: Sequence[Cluster],
+        touched: set[int],
+        now: dt.datetime,
+    ) -> None:
+        c = models.clusters
+        existing = set(
+            conn.execute(
+                sa.select(c.c.id).where(c.c.project_id == project_id, c.c.kind == self.kind)
+            ).scalars()
+        )
+        for cl in clusters:
+            if cl.id not in touched:
+                continue
+            values = {
+                "centroid": _blob(cl.centroid),
+                "size": cl.size,
+                "updated_at": now,
+                "last_seen_at": now,
+            }
+            if cl.id in existing:
+                conn.execute(
+                    c.update()
+                    .where(c.c.project_id == project_id, c.c.kind == self.kind, c.c.id == cl.id)
+                    .values(**values)
+                )
+            else:
+                conn.execute(
+                    c.insert().values(
+                        project_id=project_id,
+                        kind=self.kind,
+                        id=cl.id,
+                        model=self.model,
+                        name=f"{self.kind} {cl.id}",
+                        state="open",
+                        created_at=now,
+                        **values,
+                    )
+                )
+
+    def _name(self, conn: Connection, project_id: int, touched: set[int], now: dt.datetime) -> None:
+        """Keywords by c-TF-IDF against every cluster of the kind; examples nearest the centroid."""
+        c, m, i, v = models.clusters, models.cluster_members, models.interactions, models.vectors
+        docs: dict[int, list[str]] = defaultdict(list)
+        refs: dict[int, list[str]] = defaultdict(list)
+        vecs: dict[int, list[np.ndarray]] = defaultdict(list)
+        rows = conn.execute(
+            sa.select(m.c.cluster_id, m.c.ref_id, i.c.body, v.c.vector)
+            .join(i, sa.and_(i.c.project_id == m.c.project_id, i.c.id == m.c.ref_id))
+            .join(
+                v,
+                sa.and_(
+                    v.c.project_id == m.c.project_id,
+                    v.c.model == self.model,
+                    v.c.kind == "input",
+                    v.c.ref_id == m.c.ref_id,
+                ),
+            )
+            .where(m.c.project_id == project_id, m.c.kind == self.kind, m.c.cluster_id > 0)
+            .order_by(m.c.cluster_id, m.c.ts.desc())
+        )
+        for cid, ref, body, vector in rows:
+            if len(docs[cid]) >= self.params.keyword_docs:
+                continue
+            text = user_text(_interaction.decode(body).input)
+            if text:
+                docs[cid].append(text)
+                refs[cid].append(ref)
+                vecs[cid].append(_vec(vector))
+        keywords = ctfidf_keywords(docs, top=8) if docs else {}
+        centroids = dict(
+            conn.execute(
+                sa.select(c.c.id, c.c.centroid).where(
+                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(touched)
+                )
+            ).all()
+        )
+        for cid in touched:
+            words = keywords.get(cid, [])
+            examples: list[str] = []
+            if vecs.get(cid) and cid in centroids:
+                picked = representatives(np.stack(vecs[cid]), _vec(centroids[cid]), k=3)
+                examples = [refs[cid][j] for j in picked]
+            conn.execute(
+                c.update()
+                .where(c.c.project_id == project_id, c.c.kind == self.kind, c.c.id == cid)
+                .values(
+                    name=(name_of(words) or f"{self.kind} {cid}")[:256],
+                    keywords=json.dumps(words),
+                    examples=json.dumps(examples),
+                )
+            )
+
+    def _rank(self, conn: Connection, project_id: int, now: dt.datetime) -> None:
+        c = models.clusters
+        for cid, stats in issue_stats(conn, project_id, now, self.params).items():
+            conn.execute(
+                c.update()
+                .where(c.c.project_id == project_id, c.c.kind == "issue", c.c.id == cid)
+                .values(state=stats["state"], stats=json.dumps(stats))
+            )
+
+
+def issue_stats(
+    conn: Connection, project_id: int, now: dt.datetime, params: TrackerParams = TrackerParams()
+) -> dict[int, dict[str, Any]]:
+    """Each issue's trend and impact, explained.
+
+    ``recent`` and ``prior`` count its members in the last ``window_days`` and the window
+    before; ``severity`` is their mean severity; ``growth`` is ``(recent + 1) / (prior + 1)``
+    (smoothed, so one new member of a new issue is not infinite growth); ``impact`` is
+    ``recent * severity * growth``. The state: ``resolved`` when nothing came in the last
+    window, ``growing`` when growth reaches ``params.growing`` with at least ``min_size``
+    recent members, else ``open``.
+    """
+    m = models.cluster_members
+    window = dt.timedelta(days=params.window_days)
+    start, before = now - window, now - 2 * window
+    recent = sa.case((m.c.ts >= start, 1), else_=0)
+    prior = sa.case((sa.and_(m.c.ts >= before, m.c.ts < start), 1), else_=0)
+    rows = conn.execute(
+        sa.select(
+            m.c.cluster_id,
+            sa.func.count(),
+            sa.func.sum(recent),
+            sa.func.sum(prior),
+            sa.func.avg(sa.case((m.c.ts >= start, m.c.severity), else_=None)),
+            sa.func.avg(m.c.severity),
+        )
+        .where(m.c.project_id == project_id, m.c.kind == "issue", m.c.cluster_id > 0)
+        .group_by(m.c.cluster_id)
+    ).all()
+    out: dict[int, dict[str, Any]] = {}
+    for cid, size, n_recent, n_prior, sev_recent, sev_all in rows:
+        n_recent, n_prior = int(n_recent or 0), int(n_prior or 0)
+        severity = float(sev_recent if sev_recent is not None else sev_all or 0.0)
+        growth = (n_recent + 1) / (n_prior + 1)
+        impact = n_recent * severity * growth
+        if n_recent == 0:
+            state = "resolved"
+        elif growth >= params.growing and n_recent >= params.cluster.min_size:
+            state = "growing"
+        else:
+            state = "open"
+        days = f"{params.window_days:g} days"
+        out[int(cid)] = {
+            "members": int(size),
+            "recent": n_recent,
+            "prior": n_prior,
+            "severity": round(severity, 4),
+            "growth": round(growth, 4),
+            "impact": round(impact, 4),
+            "state": state,
+            "explanation": (
+                f"{n_recent} negative interactions in the last {days} x severity "
+                f"{severity:.2f} x growth {growth:.2f} ({n_recent} against {n_prior} the "
+                f"{days} before) = impact {impact:.1f}"
+            ),
+        }
+    return out
+
+
+def topic_table(engine: Engine, project_id: int) -> pa.Table:
+    """Each interaction's topic as ``ref_id, topic`` (``"#id name"``), for metrics by topic."""
+    m, c = models.cluster_members, models.clusters
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(m.c.ref_id, c.c.id, c.c.name)
+            .join(
+                c,
+                sa.and_(
+                    c.c.project_id == m.c.project_id, c.c.kind == m.c.kind, c.c.id == m.c.cluster_id
+                ),
+            )
+            .where(m.c.project_id == project_id, m.c.kind == "topic")
+        ).all()
+    return pa.table(
+        {
+            "ref_id": pa.array([r.ref_id for r in rows], pa.string()),
+            "topic": pa.array([f"#{r.id} {r.name}" for r in rows], pa.string()),
+        }
+    )
