@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 
 from closedloop.analyze.cluster import ClusterParams
 from closedloop.analyze.drift.monitor import DriftParams
+from closedloop.analyze.drift.registry import detector_factory
 from closedloop.analyze.input_drift import InputDriftParams
 from closedloop.analyze.job import AnalyzeParams, Analyzer
 from closedloop.analyze.tracker import TrackerParams
@@ -270,10 +271,17 @@ class Runtime:
         """The analysis job (topics, issues, drift) over this process's embedder's vectors."""
         with self._embedder_lock:
             if self._analyzer is None:
+                params = analyze_params(self.settings)
                 self._analyzer = Analyzer(
                     self.engine,
                     lambda: self.embedder().name,
-                    analyze_params(self.settings),
+                    params,
+                    detector=detector_factory(
+                        self.settings.drift_detector,
+                        warmup=params.drift.warmup,
+                        drops=params.drift.drops,
+                        dispersion=params.drift.dispersion,
+                    ),
                 )
             return self._analyzer
 

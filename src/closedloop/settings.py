@@ -224,6 +224,13 @@ class Settings(BaseSettings):
         "many feedback observations, over all segment streams of a project together "
         "(default 10,000).",
     )
+    drift_detector: str = Field(
+        default="BernoulliCusum",
+        min_length=1,
+        description="The quality-drift detector class: a built-in one (BernoulliCusum) or "
+        "one a plugin registers through the register_detectors hook; it is built with the "
+        "stream's ARL0 (default BernoulliCusum).",
+    )
     drift_streams: int = Field(
         default=64,
         gt=0,

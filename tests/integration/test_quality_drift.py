@@ -6,10 +6,13 @@ import datetime as dt
 import json
 import random
 
+import pytest
 import sqlalchemy as sa
 
 from closedloop.analyze.drift.monitor import DriftParams
+from closedloop.analyze.drift.registry import detector_factory
 from closedloop.analyze.quality_drift import QualityDrift
+from closedloop.errors import ConfigError
 from closedloop.store import models
 from closedloop.store.projects import Projects
 
@@ -144,3 +147,25 @@ def test_other_projects_feedback_is_not_fed(engine: sa.Engine) -> None:
     assert alarms(engine) == []
     assert QualityDrift(engine, PARAMS).run(pid, now=T0 + dt.timedelta(days=30)).alarms >= 1
     assert {x["project_id"] for x in alarms(engine)} == {a}
+
+
+def test_the_configured_detector_is_used_and_a_change_of_detector_starts_afresh(
+    engine: sa.Engine,
+) -> None:
+    pid = Projects(engine).create("acme")[0].id
+    seed(engine, pid, "a", [(50, 0.8)], rng=random.Random(1))
+    QualityDrift(engine, PARAMS).run(pid, now=T0 + dt.timedelta(days=30))
+    gaussian = detector_factory("GaussianCusum", warmup=500)
+    seed(engine, pid, "a", [(30, 0.8)], rng=random.Random(2), start=50)
+    QualityDrift(engine, PARAMS, factory=gaussian).run(pid, now=T0 + dt.timedelta(days=30))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(models.drift_streams.c.detector, models.drift_streams.c.observations)
+        ).all()
+    assert sorted(rows) == [("GaussianCusum", 30), ("GaussianCusum", 30)], "fresh, not 80"
+
+
+def test_an_unknown_detector_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ConfigError) as info:
+        detector_factory("NoSuchDetector")
+    assert info.value.field == "drift_detector" and "BernoulliCusum" in str(info.value)

@@ -41,6 +41,7 @@ from closedloop.analyze.input_drift import (
 )
 from closedloop.analyze.quality_drift import (
     DEFAULT_PARAMS,
+    DetectorFactory,
     QualityDrift,
     estimate_json,
     store_alarm,
@@ -89,7 +90,8 @@ class Analyzer:
     """Runs every analysis of each project; a job handler (``Analyzer(...)(job)``).
 
     ``model`` is the embedder's name, or a callable giving it (so the worker does not load
-    the embedder before the first run).
+    the embedder before the first run). ``detector`` builds each quality stream's detector
+    from its ARL0 (default: :class:`~closedloop.analyze.drift.BernoulliCusum`).
     """
 
     def __init__(
@@ -97,11 +99,13 @@ class Analyzer:
         engine: Engine,
         model: str | Callable[[], str],
         params: AnalyzeParams | None = None,
+        *,
+        detector: DetectorFactory | None = None,
     ) -> None:
         self.engine = engine
         self._model = model
         self.params = params = params or AnalyzeParams()
-        self.quality = QualityDrift(engine, params.drift)
+        self.quality = QualityDrift(engine, params.drift, factory=detector)
 
     @property
     def model(self) -> str:

@@ -164,6 +164,7 @@ class QualityDrift:
         self.factory = factory
         self.batch = batch
         self.settle_seconds = settle_seconds
+        self._detector_name: str | None = None
 
     def _new(self) -> ChangeDetector:
         arl0 = segment_arl0(self.params.arl0, self.params.n_segments)
@@ -175,6 +176,13 @@ class QualityDrift:
             warmup=self.params.warmup,
             dispersion=self.params.dispersion,
         )
+
+    @property
+    def detector_name(self) -> str:
+        """The class name of the detectors this job builds."""
+        if self._detector_name is None:
+            self._detector_name = type(self._new()).__name__
+        return self._detector_name
 
     def run(self, project_id: int, *, now: dt.datetime | None = None) -> QualityDriftStats:
         """Feed everything that arrived since the last run; store the alarms."""
@@ -287,13 +295,17 @@ class QualityDrift:
         if found is not None:
             return found
         t = models.drift_streams
-        blob = conn.execute(
-            sa.select(t.c.state).where(
+        row = conn.execute(
+            sa.select(t.c.detector, t.c.state).where(
                 t.c.project_id == project_id, t.c.segment == segment, t.c.measure == measure
             )
-        ).scalar()
-        # Our own object, written by this job into our own store: never outside input.
-        stream = pickle.loads(blob) if blob is not None else _Stream(self._new())  # noqa: S301
+        ).first()
+        stream: _Stream
+        if row is not None and row.detector == self.detector_name:
+            # Our own object, written by this job into our own store: never outside input.
+            stream = pickle.loads(row.state)  # noqa: S301
+        else:  # a new stream, or the configured detector changed: start afresh
+            stream = _Stream(self._new())
         streams[key] = stream
         return stream
 

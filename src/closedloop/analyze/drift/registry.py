@@ -9,12 +9,15 @@ Plugins return detector classes from the ``register_detectors`` hook
 
 from __future__ import annotations
 
-from closedloop.analyze.drift.base import DriftDetector
+import inspect
+from collections.abc import Callable
+
+from closedloop.analyze.drift.base import ChangeDetector, DriftDetector
 from closedloop.analyze.drift.bernoulli import BernoulliCusum
 from closedloop.analyze.drift.gaussian import GaussianCusum
 from closedloop.plugins import get_plugin_manager
 
-__all__ = ["BUILTIN_DETECTORS", "load_detectors"]
+__all__ = ["BUILTIN_DETECTORS", "detector_factory", "load_detectors"]
 
 BUILTIN_DETECTORS: tuple[type[DriftDetector], ...] = (BernoulliCusum, GaussianCusum)
 
@@ -36,3 +39,45 @@ def load_detectors(*, load_entrypoints: bool = True) -> dict[str, type[DriftDete
                 raise ValueError(f"a detector named {cls.__name__!r} is already registered")
             found[cls.__name__] = cls
     return found
+
+
+def detector_factory(
+    name: str,
+    *,
+    warmup: int | None = None,
+    drops: tuple[float, ...] | None = None,
+    dispersion: float | None = None,
+) -> Callable[[float], ChangeDetector]:
+    """A builder of the detector class ``name`` from a stream's ARL0: ``cls(arl0=...)``, plus
+    ``warmup``, ``drops`` and ``dispersion`` where its constructor takes them. Plugins are
+    looked up only for a name that is not built in. The class must say what changed and since
+    when (a :class:`~closedloop.analyze.drift.base.ChangeDetector`).
+
+    >>> build = detector_factory("BernoulliCusum", warmup=500)
+    >>> detector = build(640_000)
+    >>> type(detector).__name__, detector.warmup
+    ('BernoulliCusum', 500)
+    """
+    from closedloop.errors import ConfigError
+
+    builtin = {cls.__name__: cls for cls in BUILTIN_DETECTORS}
+    found = builtin.get(name) or load_detectors().get(name)
+    if found is None:
+        known = ", ".join(sorted(load_detectors()))
+        raise ConfigError(
+            f"no drift detector named {name!r}; known: {known}", field="drift_detector"
+        )
+    if not issubclass(found, ChangeDetector):
+        raise ConfigError(
+            f"{name} cannot say since when a change started: a quality-drift detector must be "
+            "a ChangeDetector",
+            field="drift_detector",
+        )
+    cls: type[ChangeDetector] = found
+    accepted = inspect.signature(cls).parameters
+    extra = {
+        key: value
+        for key, value in (("warmup", warmup), ("drops", drops), ("dispersion", dispersion))
+        if value is not None and key in accepted
+    }
+    return lambda arl0: cls(arl0=arl0, **extra)  # type: ignore[call-arg]
