@@ -14,7 +14,7 @@ import httpx
 import sqlalchemy as sa
 
 from closedloop import make_event
-from closedloop.analyze.tracker import ClusterTracker, topic_table
+from closedloop.analyze.tracker import ClusterTracker, TrackerParams, topic_table
 from closedloop.enrich.job import Enricher
 from closedloop.runtime import Runtime
 from closedloop.store import models
@@ -171,3 +171,20 @@ async def test_erasing_a_user_removes_their_memberships_and_examples(
         assert set(left) == {f"refund-{k}" for k in range(2, 6)}
         for cluster in clusters(runtime, kind).values():
             assert not {"refund-0", "refund-1"} & set(json.loads(cluster["examples"]))
+
+
+async def test_topics_take_every_input_once_across_runs_of_a_small_batch(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    events = interactions("refund", range(9), hours_ago=3, bad=False)
+    events += interactions("weather", range(8), hours_ago=3, bad=False)
+    await ingest(client, tenant, events)
+    settle(runtime)
+    tracker = ClusterTracker(
+        runtime.engine, "topic", runtime.embedder().name, TrackerParams(batch=5)
+    )
+    added = [tracker.run(tenant.project_id).added for _ in range(5)]
+    assert added == [5, 5, 5, 2, 0]
+    assert len(members(runtime, "topic")) == 17
+    found = by_theme(members(runtime, "topic"))
+    assert all(len(ids) == 1 and None not in ids for ids in found.values()), found

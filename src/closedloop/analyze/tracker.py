@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from closedloop.analyze.cluster import Cluster, ClusterParams, IncrementalClusterer, Pending
 from closedloop.analyze.keywords import ctfidf_keywords, name_of, representatives
+from closedloop.analyze.state import load_state, save_state
 from closedloop.enrich.sessions import user_text
 from closedloop.events import Interaction
 from closedloop.store import models
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["topic", "issue"]
 _DROPPED = -1  # a member dropped from a full pending pool: never clustered
+_SEQ_LOOKBACK = 1000
+_BACKGROUND_DOCS = 10  # inputs of each untouched cluster in the c-TF-IDF background
 _interaction = msgspec.json.Decoder(Interaction)
 
 
@@ -209,7 +212,21 @@ class ClusterTracker:
                 i.c.quality < self.params.negative_below,
                 i.c.quality_basis.in_(("explicit", "implicit")),
             )
-        return list(conn.execute(query.add_columns(severity.label("severity"))).all())
+        else:
+            # every input is a topic's candidate once: start near the last vector taken (the
+            # embedding job commits vectors in seq order, one run at a time; the lookback
+            # and the anti-join cover the rest) instead of scanning them all each run
+            mark = load_state(conn, project_id, self._mark) or {}
+            if mark.get("model") == self.model:
+                query = query.where(v.c.seq > int(mark["seq"]) - _SEQ_LOOKBACK)
+        rows = list(conn.execute(query.add_columns(v.c.seq, severity.label("severity"))).all())
+        if self.kind == "topic" and rows:
+            save_state(conn, project_id, self._mark, {"model": self.model, "seq": rows[-1].seq})
+        return rows
+
+    @property
+    def _mark(self) -> str:
+        return f"{self.kind}_seq"
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -306,20 +323,37 @@ class ClusterTracker:
         docs: dict[int, list[str]] = defaultdict(list)
         refs: dict[int, list[str]] = defaultdict(list)
         vecs: dict[int, list[np.ndarray]] = defaultdict(list)
+        # the latest members of each cluster: keyword_docs of a touched one, a few of the
+        # others (the background their keywords stand out from)
+        latest = (
+            sa.select(
+                m.c.cluster_id,
+                m.c.ref_id,
+                sa.func.row_number()
+                .over(partition_by=m.c.cluster_id, order_by=(m.c.ts.desc(), m.c.ref_id))
+                .label("rn"),
+            )
+            .where(m.c.project_id == project_id, m.c.kind == self.kind, m.c.cluster_id > 0)
+            .subquery()
+        )
+        cap = sa.case(
+            (latest.c.cluster_id.in_(sorted(touched)), self.params.keyword_docs),
+            else_=_BACKGROUND_DOCS,
+        )
         rows = conn.execute(
-            sa.select(m.c.cluster_id, m.c.ref_id, i.c.body, v.c.vector)
-            .join(i, sa.and_(i.c.project_id == m.c.project_id, i.c.id == m.c.ref_id))
+            sa.select(latest.c.cluster_id, latest.c.ref_id, i.c.body, v.c.vector)
+            .join(i, sa.and_(i.c.project_id == project_id, i.c.id == latest.c.ref_id))
             .join(
                 v,
                 sa.and_(
-                    v.c.project_id == m.c.project_id,
+                    v.c.project_id == project_id,
                     v.c.model == self.model,
                     v.c.kind == "input",
-                    v.c.ref_id == m.c.ref_id,
+                    v.c.ref_id == latest.c.ref_id,
                 ),
             )
-            .where(m.c.project_id == project_id, m.c.kind == self.kind, m.c.cluster_id > 0)
-            .order_by(m.c.cluster_id, m.c.ts.desc())
+            .where(latest.c.rn <= cap)
+            .order_by(latest.c.cluster_id, latest.c.rn)
         )
         for cid, ref, body, vector in rows:
             if len(docs[cid]) >= self.params.keyword_docs:
