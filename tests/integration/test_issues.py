@@ -14,6 +14,7 @@ import httpx
 import sqlalchemy as sa
 
 from closedloop import make_event
+from closedloop.analyze import read
 from closedloop.analyze.tracker import ClusterTracker, TrackerParams, topic_table
 from closedloop.enrich.job import Enricher
 from closedloop.runtime import Runtime
@@ -145,6 +146,9 @@ async def test_issues_hold_only_negative_interactions_and_are_ranked_by_impact(
     assert "growth" in stats[delivery]["explanation"]
     examples = json.loads(issues[delivery]["examples"])
     assert examples and all(e.startswith("delivery-") for e in examples)
+    trend = read.issue(runtime.engine, tenant.project_id, delivery, now=NOW)["trend"]
+    assert len(trend) == 14 and sum(d["members"] for d in trend) == 14
+    assert trend[-1]["day"] == NOW.date().isoformat(), "oldest first, ending today"
 
     # two quiet weeks later both are resolved, and keep their ids
     tracker.run(tenant.project_id, now=NOW + dt.timedelta(days=15))

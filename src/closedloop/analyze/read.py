@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -19,6 +20,7 @@ from closedloop.enrich.sessions import user_text
 from closedloop.errors import NotFound
 from closedloop.events import Interaction
 from closedloop.store import models
+from closedloop.store.db import utc
 
 __all__ = ["alarms", "clusters", "frame_json", "issue", "ISSUE_STATES"]
 
@@ -84,9 +86,17 @@ def clusters(
 
 
 def issue(
-    engine: Engine, project_id: int, issue_id: int, *, kind: str = "issue", members: int = 50
+    engine: Engine,
+    project_id: int,
+    issue_id: int,
+    *,
+    kind: str = "issue",
+    members: int = 50,
+    trend_days: int = 14,
+    now: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """One issue (or topic) with its most recent member interactions."""
+    """One issue (or topic) with its most recent member interactions and its ``trend``: new
+    members per day (UTC) over the last ``trend_days`` days, oldest first."""
     c, m = models.clusters, models.cluster_members
     with engine.connect() as conn:
         row = conn.execute(
@@ -101,7 +111,28 @@ def issue(
             .limit(members)
         ).all()
         texts = _inputs(conn, project_id, [*json.loads(row.examples), *(r.ref_id for r in recent)])
+        today = (now or dt.datetime.now(dt.UTC)).date()
+        first = today - dt.timedelta(days=trend_days - 1)
+        start = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+        per_day = Counter(
+            utc(ts).date()
+            for ts in conn.execute(
+                sa.select(m.c.ts).where(
+                    m.c.project_id == project_id,
+                    m.c.kind == kind,
+                    m.c.cluster_id == issue_id,
+                    m.c.ts >= start,
+                )
+            ).scalars()
+        )
     out = _cluster_json(row, texts)
+    out["trend"] = [
+        {
+            "day": (first + dt.timedelta(days=d)).isoformat(),
+            "members": per_day.get(first + dt.timedelta(days=d), 0),
+        }
+        for d in range(trend_days)
+    ]
     out["members"] = [
         {
             "interaction_id": r.ref_id,
