@@ -27,6 +27,9 @@ def analyze(
         pid = _project_id(runtime, project) if project else None
         embedded = runtime.embedding_job().run()
         stats = runtime.analyzer().run(pid)
+    if stats.skipped:
+        console.print("another analysis run holds the lock (a worker): nothing done; try again")
+        return
     console.print(
         f"{embedded.stored} texts embedded; {stats.projects} projects: {stats.members} "
         f"interactions clustered, {stats.topics_opened} topics and {stats.issues_opened} "

@@ -95,6 +95,8 @@ async def test_http_metrics_are_the_python_frame(
         ({"measure": "happiness"}, "measures"),
         ({"bucket": "fortnight"}, "bucket"),
         ({"since": "yesterday"}, "since"),
+        ({"until": "9999-12-31T23:59:59-05:00"}, "until"),  # no such instant in UTC
+        ({"since": "0001-01-01T00:00:00+05:00"}, "since"),
     ],
 )
 async def test_bad_metrics_requests_get_a_problem_naming_the_field(
@@ -196,3 +198,18 @@ def test_cli_metrics_read_both_tiers_and_analysis_commands_print_tables(shop: Se
     assert drift.exit_code == 0 and "no drift alarms" in _text(drift)
     bad_kind = runner.invoke(app, ["drift", "--project", "shop", "--kind", "vibes"])
     assert bad_kind.exit_code != 0 and "--kind" in _text(bad_kind)
+
+
+def test_a_second_analysis_run_waits_its_turn(runtime: Runtime, seeded: Tenant) -> None:
+    """While one run holds the analysis lock (another worker, or a CLI run beside a server),
+    another returns at once, having done nothing: no observation is fed twice."""
+    from closedloop.analyze.job import _LOCK_KEY
+    from closedloop.store.db import single_flight
+
+    with single_flight(runtime.engine, _LOCK_KEY) as mine:
+        assert mine
+        stats = runtime.analyzer().run(seeded.project_id)
+        assert stats.skipped and stats.observations == 0
+    later = utcnow() + dt.timedelta(minutes=1)  # past the settling seconds of fresh rows
+    stats = runtime.analyzer().run(seeded.project_id, now=later)
+    assert not stats.skipped and stats.observations == 2 * 12

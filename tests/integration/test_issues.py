@@ -162,12 +162,21 @@ async def test_erasing_a_user_removes_their_memberships_and_examples(
     events = interactions("refund", range(6), hours_ago=5, bad=True)
     for e in events:
         if e["type"] == "interaction":
-            e["body"]["user_id"] = "gone" if e["id"] in ("refund-0", "refund-1") else "stays"
+            gone = e["id"] in ("refund-0", "refund-1")
+            e["body"]["user_id"] = "gone" if gone else "stays"
+            if gone:
+                words = e["body"]["input"].replace("cancelled", "zebulon zebulon zebulon")
+                e["body"]["input"] = words
     await ingest(client, tenant, events)
     settle(runtime)
-    for kind in ("topic", "issue"):
-        ClusterTracker(runtime.engine, kind, runtime.embedder().name).run(tenant.project_id)  # type: ignore[arg-type]
+    trackers = [
+        ClusterTracker(runtime.engine, kind, runtime.embedder().name)  # type: ignore[arg-type]
+        for kind in ("topic", "issue")
+    ]
+    for tracker in trackers:
+        tracker.run(tenant.project_id)
     assert {"refund-0", "refund-1"} <= set(members(runtime, "issue"))
+    assert all("zebulon" in c["keywords"] for c in clusters(runtime, "issue").values())
     receipt = runtime.erase_user(tenant.project_id, "gone")
     assert receipt.hot["cluster_members"] == 4  # two interactions, as topic and issue members
     for kind in ("topic", "issue"):
@@ -175,6 +184,12 @@ async def test_erasing_a_user_removes_their_memberships_and_examples(
         assert set(left) == {f"refund-{k}" for k in range(2, 6)}
         for cluster in clusters(runtime, kind).values():
             assert not {"refund-0", "refund-1"} & set(json.loads(cluster["examples"]))
+    for tracker in trackers:  # nothing new: the next run only names again what lost members
+        assert tracker.run(tenant.project_id).added == 0
+    for kind in ("topic", "issue"):
+        for cluster in clusters(runtime, kind).values():
+            assert "zebulon" not in cluster["keywords"] + cluster["name"]
+            assert "refund" in cluster["keywords"]
 
 
 async def test_topics_take_every_input_once_across_runs_of_a_small_batch(

@@ -186,3 +186,22 @@ async def test_bad_arguments_name_their_field(
     with pytest.raises(ConfigError) as info:
         metrics(seeded, tenant.project_id, **kwargs)
     assert info.value.field == field
+
+
+async def test_feedback_stamped_before_its_interaction_and_repeated_tags_count_once(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    """A browser's clock a little behind the server's stamps feedback before its interaction;
+    a window starting between the two still counts it. A tag sent twice counts once."""
+    events = [
+        interaction("j1", 10, tags=["a", "a"]),
+        event("feedback", {"interaction_id": "j1", "thumbs": 1}, "g-f1", 8),
+    ]
+    r = await client.post("/v1/events", json={"events": events}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    analytics = Analytics(runtime.engine, runtime.settings.resolved_lake_url())
+    m = metrics(analytics, tenant.project_id, since=T0 + dt.timedelta(seconds=9))
+    assert pick(m, "all", "volume").value == 1
+    assert_rate(m, "all", "positive_rate", 1, 1)
+    by_tag = metrics(analytics, tenant.project_id, by="tag", measures=["volume"])
+    assert {r.segment: r.value for r in by_tag.itertuples()} == {"a": 1}

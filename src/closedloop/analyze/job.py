@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ from closedloop.analyze.quality_drift import (
 )
 from closedloop.analyze.state import load_state, save_state
 from closedloop.analyze.tracker import ClusterTracker, TrackerParams
+from closedloop.errors import JobError
 from closedloop.store import models
 from closedloop.store.db import single_flight, utc, utcnow
 
@@ -126,23 +128,32 @@ class Analyzer:
                 stats.skipped = True
                 return stats
             model = self.model
+            failed: list[int] = []
             for pid in [project_id] if project_id is not None else self._projects():
-                when = now or utcnow()
-                topics = ClusterTracker(self.engine, "topic", model, self.params.tracker)
-                issues = ClusterTracker(self.engine, "issue", model, self.params.tracker)
-                t = topics.run(pid, now=when)
-                i = issues.run(pid, now=when)
-                q = self.quality.run(pid, now=when)
-                checks = self._input(pid, model, when)
-                stats.projects += 1
-                stats.topics_opened += t.opened
-                stats.issues_opened += i.opened
-                stats.members += t.added + i.added
-                stats.observations += q.observations
-                stats.alarms += q.alarms + max(checks, 0)
-                stats.input_checks += 1 if checks >= 0 else 0
-                stats.by_project[pid] = {"topics": t, "issues": i, "quality": q}
+                try:
+                    self._project(pid, model, now or utcnow(), stats)
+                except Exception:  # one project's failure must not starve the others
+                    log.exception("the analysis of project %d failed", pid)
+                    failed.append(pid)
+            if failed:
+                raise JobError(f"the analysis failed for projects {failed} (see the log)")
         return stats
+
+    def _project(self, pid: int, model: str, when: dt.datetime, stats: AnalyzeStats) -> None:
+        topics = ClusterTracker(self.engine, "topic", model, self.params.tracker)
+        issues = ClusterTracker(self.engine, "issue", model, self.params.tracker)
+        t = topics.run(pid, now=when)
+        i = issues.run(pid, now=when)
+        q = self.quality.run(pid, now=when)
+        checks = self._input(pid, model, when)
+        stats.projects += 1
+        stats.topics_opened += t.opened
+        stats.issues_opened += i.opened
+        stats.members += t.added + i.added
+        stats.observations += q.observations
+        stats.alarms += q.alarms + max(checks, 0)
+        stats.input_checks += 1 if checks >= 0 else 0
+        stats.by_project[pid] = {"topics": t, "issues": i, "quality": q}
 
     def _input(self, project_id: int, model: str, now: dt.datetime) -> int:
         """Input-drift tests when due; the alarms stored (``-1``: not due)."""
@@ -159,21 +170,30 @@ class Analyzer:
 def _window_vectors(
     conn: Connection, project_id: int, model: str, start: dt.datetime, end: dt.datetime, n: int
 ) -> tuple[list[str], np.ndarray]:
+    """A uniform sample of at most ``n`` input vectors of the window (seeded by the window, so
+    a rerun draws the same): the whole window, not its last hours."""
     v = models.vectors
-    rows = conn.execute(
-        sa.select(v.c.ref_id, v.c.vector)
-        .where(
-            v.c.project_id == project_id,
-            v.c.model == model,
-            v.c.kind == "input",
-            v.c.ts >= start,
-            v.c.ts < end,
-        )
-        .order_by(v.c.ts.desc())
-        .limit(n)
-    ).all()
+    seqs = list(
+        conn.execute(
+            sa.select(v.c.seq).where(
+                v.c.project_id == project_id,
+                v.c.model == model,
+                v.c.kind == "input",
+                v.c.ts >= start,
+                v.c.ts < end,
+            )
+        ).scalars()
+    )
+    if len(seqs) > n:
+        seqs = random.Random(f"{project_id}:{start.isoformat()}").sample(sorted(seqs), n)
+    rows: list[Any] = []
+    for at in range(0, len(seqs), 500):
+        rows += conn.execute(
+            sa.select(v.c.ref_id, v.c.vector).where(v.c.seq.in_(seqs[at : at + 500]))
+        ).all()
     if not rows:
         return [], np.zeros((0, 0), np.float32)
+    rows.sort(key=lambda r: r.ref_id)
     return [r.ref_id for r in rows], np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
 
 

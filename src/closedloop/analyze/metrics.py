@@ -111,7 +111,7 @@ def segment_sql(by: str) -> tuple[str, str]:
     if by == "topic":
         return "coalesce(t.topic, '(no topic)')", "LEFT JOIN topics t ON t.ref_id = i.id"
     if by == "tag":
-        tags = "from_json(json_extract(i.body, '$.tags'), '[\"VARCHAR\"]')"
+        tags = "list_distinct(from_json(json_extract(i.body, '$.tags'), '[\"VARCHAR\"]'))"
         return (
             "coalesce(tag.tag, '(none)')",
             f"LEFT JOIN LATERAL (SELECT unnest({tags}) AS tag) tag ON TRUE",
@@ -129,12 +129,14 @@ def segment_sql(by: str) -> tuple[str, str]:
     raise ConfigError(f"by={by!r} is not a segment; use one of {', '.join(DIMENSIONS)}", field="by")
 
 
-def _sql(by: str, bucket: str | None, until: dt.datetime | None) -> str:
+def _sql(by: str, bucket: str | None, since: dt.datetime | None, until: dt.datetime | None) -> str:
     segment, join = segment_sql(by)
     if bucket is not None and bucket not in BUCKETS:
         raise ConfigError(f"bucket={bucket!r}: use one of {', '.join(BUCKETS)}", field="bucket")
     bucket_col = f"date_trunc('{bucket}', i.ts)" if bucket else "NULL::TIMESTAMPTZ"
-    until_term = f"i.ts < TIMESTAMPTZ '{until.isoformat()}'" if until else "TRUE"
+    terms = [f"i.ts >= TIMESTAMPTZ '{since.isoformat()}'"] if since else []
+    terms += [f"i.ts < TIMESTAMPTZ '{until.isoformat()}'"] if until else []
+    window = " AND ".join(terms) or "TRUE"
     return f"""
 WITH fb AS (
     SELECT interaction_id,
@@ -152,7 +154,7 @@ rows AS (
            {_MEASURE_OF.format(name="abandon")} AS abandoned,
            i.session_id, i.quality, i.latency_ms, i.cost_usd
     FROM interactions i LEFT JOIN fb ON fb.interaction_id = i.id {join}
-    WHERE {until_term}
+    WHERE {window}
 )
 SELECT segment, bucket,
        count(*) AS n,
@@ -243,16 +245,19 @@ def metrics(
                 f"unknown measures {unknown}; use {', '.join(known)}", field="measures"
             )
         chosen = tuple(known[name] for name in measures)
-    sql = _sql(by, bucket, until)
+    sql = _sql(by, bucket, since, until)
     tables = {}
     if by == "topic":
         tables["topics"] = topics if topics is not None else _NO_TOPICS
-    # the window's lower bound prunes the lake's files; feedback is never older than its
-    # interaction, so it stays whole; the upper bound applies to interactions only
-    sums = analytics.query(sql, project_id=project_id, since=since, tables=tables)
+    # The window applies to interactions (in the SQL). The views get a lower bound only, to
+    # prune the lake's files, a day early: feedback is stamped by the client's clock, which
+    # may run behind the server's by a little (more than a day is not counted).
+    early = since - _FEEDBACK_SKEW if since is not None else None
+    sums = analytics.query(sql, project_id=project_id, since=early, tables=tables)
     return _long(sums, chosen)
 
 
+_FEEDBACK_SKEW = dt.timedelta(days=1)
 _NO_TOPICS = pa.table({"ref_id": pa.array([], pa.string()), "topic": pa.array([], pa.string())})
 
 

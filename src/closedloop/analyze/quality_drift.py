@@ -17,6 +17,7 @@ out.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import pickle
@@ -41,7 +42,10 @@ __all__ = ["QualityDrift", "QualityDriftStats", "estimate_json", "store_alarm"]
 log = logging.getLogger(__name__)
 
 _WATERMARK = "quality_drift"
-_TIMES = 50_000  # timestamps kept per stream, to date a change point (older ones: the oldest)
+# timestamps kept per stream to date a change point (an older one is dated by the oldest): a
+# detector's estimated change point starts its current excursion, a few hundred observations
+# back at the delays measured in bench/drift_eval.py
+_TIMES = 10_000
 
 DetectorFactory = Callable[[float], ChangeDetector]
 DEFAULT_PARAMS = DriftParams(n_segments=64)
@@ -53,12 +57,13 @@ class _Stream:
 
     detector: ChangeDetector
     seen: int = 0
-    times: deque[dt.datetime] = field(default_factory=lambda: deque(maxlen=_TIMES))
+    times: deque[float] = field(default_factory=lambda: deque(maxlen=_TIMES))  # POSIX seconds
     dirty: bool = False
 
     def at(self, index: int) -> dt.datetime:
         first = self.seen - len(self.times)
-        return self.times[min(max(index - first, 0), len(self.times) - 1)]
+        stamp = self.times[min(max(index - first, 0), len(self.times) - 1)]
+        return dt.datetime.fromtimestamp(stamp, dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -239,11 +244,15 @@ class QualityDrift:
                     break
                 for row in rows:
                     ts = _aware(row.ts)
+                    stamp = ts.timestamp()
+                    observed = _observations(row)
+                    if not observed:
+                        continue
                     for segment in _segments(row):
-                        for measure, x in _observations(row):
+                        for measure, x in observed:
                             stream = self._stream(conn, project_id, streams, segment, measure)
                             stream.detector.update(x)
-                            stream.times.append(ts)
+                            stream.times.append(stamp)
                             stream.seen += 1
                             stream.dirty = True
                             observations += 1
@@ -335,12 +344,20 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
+@functools.lru_cache(maxsize=4096)
+def _segment_names(
+    model: str | None, model_version: str | None, prompt: str | None, prompt_version: str | None
+) -> tuple[str, ...]:
+    names = ["all"]
+    if model is not None:
+        names.append(f"model={model}" + (f"@{model_version}" if model_version else ""))
+    if prompt is not None:
+        names.append(f"prompt={prompt}" + (f"@{prompt_version}" if prompt_version else ""))
+    return tuple(names)
+
+
 def _segments(row: Any) -> Iterable[str]:
-    yield "all"
-    if row.model_name is not None:
-        yield f"model={row.model_name}" + (f"@{row.model_version}" if row.model_version else "")
-    if row.prompt_name is not None:
-        yield f"prompt={row.prompt_name}" + (f"@{row.prompt_version}" if row.prompt_version else "")
+    return _segment_names(row.model_name, row.model_version, row.prompt_name, row.prompt_version)
 
 
 def _observations(row: Any) -> Sequence[tuple[str, float]]:

@@ -52,8 +52,8 @@ def _cluster_json(row: Any, examples: dict[str, str]) -> dict[str, Any]:
         "examples": [
             {"interaction_id": ref, "input": examples.get(ref)} for ref in json.loads(row.examples)
         ],
-        "created_at": row.created_at.isoformat(),
-        "updated_at": row.updated_at.isoformat(),
+        "created_at": utc(row.created_at).isoformat(),
+        "updated_at": utc(row.updated_at).isoformat(),
     }
 
 
@@ -136,7 +136,7 @@ def issue(
     out["members"] = [
         {
             "interaction_id": r.ref_id,
-            "ts": r.ts.isoformat(),
+            "ts": utc(r.ts).isoformat(),
             "severity": r.severity,
             "input": texts.get(r.ref_id),
         }
@@ -169,8 +169,8 @@ def alarms(
             "kind": r.kind,
             "segment": r.segment,
             "measure": r.measure,
-            "since": r.since.isoformat(),
-            "detected_at": r.detected_at.isoformat(),
+            "since": utc(r.since).isoformat(),
+            "detected_at": utc(r.detected_at).isoformat(),
             "before": json.loads(r.before),
             "after": json.loads(r.after),
             "details": json.loads(r.details),

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["topic", "issue"]
 _DROPPED = -1  # a member dropped from a full pending pool: never clustered
 _SEQ_LOOKBACK = 1000
-_BACKGROUND_DOCS = 10  # inputs of each untouched cluster in the c-TF-IDF background
+_RENAME_GROWTH = 1.1  # a cluster is named again once it grew by a tenth
 _interaction = msgspec.json.Decoder(Interaction)
 
 
@@ -118,6 +118,7 @@ class ClusterTracker:
             clusterer, pending_ts = self._load(conn, project_id)
             new = self._candidates(conn, project_id)
             if not new and not len(clusterer.pending):
+                self._name(conn, project_id, set(), now)  # names an erasure made stale
                 if self.kind == "issue":
                     self._rank(conn, project_id, now)  # a quiet week resolves an issue
                 return TrackerStats()
@@ -130,8 +131,7 @@ class ClusterTracker:
             self._save_members(conn, project_id, new, result.joined, result.dropped, ts, now)
             touched = set(result.joined.values())
             self._save_clusters(conn, project_id, clusterer.clusters, touched, now)
-            if touched:
-                self._name(conn, project_id, touched, now)
+            self._name(conn, project_id, touched, now)
             if self.kind == "issue":
                 self._rank(conn, project_id, now)
             log.debug("%s run: %d new, %d opened", self.kind, len(new), len(result.opened))
@@ -242,6 +242,7 @@ class ClusterTracker:
     ) -> None:
         m = models.cluster_members
         fresh = {r.ref_id for r in new}
+        gone = set(dropped)
         if new:
             conn.execute(
                 m.insert(),
@@ -250,9 +251,7 @@ class ClusterTracker:
                         "project_id": project_id,
                         "kind": self.kind,
                         "ref_id": r.ref_id,
-                        "cluster_id": joined.get(
-                            r.ref_id, _DROPPED if r.ref_id in dropped else None
-                        ),
+                        "cluster_id": joined.get(r.ref_id, _DROPPED if r.ref_id in gone else None),
                         "severity": float(r.severity) if r.severity is not None else 1.0,
                         "ts": r.ts,
                         "assigned_at": now,
@@ -318,13 +317,44 @@ class ClusterTracker:
                 )
 
     def _name(self, conn: Connection, project_id: int, touched: set[int], now: dt.datetime) -> None:
-        """Keywords by c-TF-IDF against every cluster of the kind; examples nearest the centroid."""
+        """Keywords by c-TF-IDF and examples nearest the centroid, for the clusters that are new
+        or grew by a tenth since they were last named (a name settles as a cluster grows)."""
         c, m, i, v = models.clusters, models.cluster_members, models.interactions, models.vectors
+        state_name = f"{self.kind}_named"
+        named: dict[str, int] = load_state(conn, project_id, state_name) or {}
+        sizes = dict(
+            conn.execute(
+                sa.select(c.c.id, c.c.size).where(
+                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(touched)
+                )
+            ).all()
+        )
+        due = sorted(
+            cid
+            for cid in touched
+            if cid in sizes and sizes[cid] >= _RENAME_GROWTH * named.get(str(cid), 0)
+        )
+        # clusters never named, or whose name an erasure made stale (it forgets their entry)
+        stale = set(
+            conn.execute(
+                sa.select(c.c.id).where(c.c.project_id == project_id, c.c.kind == self.kind)
+            ).scalars()
+        ) - {int(k) for k in named}
+        if stale - set(due):
+            due = sorted(set(due) | stale)
+            sizes.update(
+                conn.execute(
+                    sa.select(c.c.id, c.c.size).where(
+                        c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(due)
+                    )
+                ).all()
+            )
+        if not due:
+            return
         docs: dict[int, list[str]] = defaultdict(list)
         refs: dict[int, list[str]] = defaultdict(list)
         vecs: dict[int, list[np.ndarray]] = defaultdict(list)
-        # the latest members of each cluster: keyword_docs of a touched one, a few of the
-        # others (the background their keywords stand out from)
+        # the latest keyword_docs members of each cluster to name
         latest = (
             sa.select(
                 m.c.cluster_id,
@@ -333,12 +363,8 @@ class ClusterTracker:
                 .over(partition_by=m.c.cluster_id, order_by=(m.c.ts.desc(), m.c.ref_id))
                 .label("rn"),
             )
-            .where(m.c.project_id == project_id, m.c.kind == self.kind, m.c.cluster_id > 0)
+            .where(m.c.project_id == project_id, m.c.kind == self.kind, m.c.cluster_id.in_(due))
             .subquery()
-        )
-        cap = sa.case(
-            (latest.c.cluster_id.in_(sorted(touched)), self.params.keyword_docs),
-            else_=_BACKGROUND_DOCS,
         )
         rows = conn.execute(
             sa.select(latest.c.cluster_id, latest.c.ref_id, i.c.body, v.c.vector)
@@ -352,26 +378,34 @@ class ClusterTracker:
                     v.c.ref_id == latest.c.ref_id,
                 ),
             )
-            .where(latest.c.rn <= cap)
+            .where(latest.c.rn <= self.params.keyword_docs)
             .order_by(latest.c.cluster_id, latest.c.rn)
         )
         for cid, ref, body, vector in rows:
-            if len(docs[cid]) >= self.params.keyword_docs:
-                continue
             text = user_text(_interaction.decode(body).input)
             if text:
                 docs[cid].append(text)
                 refs[cid].append(ref)
                 vecs[cid].append(_vec(vector))
-        keywords = ctfidf_keywords(docs, top=8) if docs else {}
+        # the other clusters, by their keywords, are the background names stand out from
+        background = {
+            -cid: [" ".join(json.loads(words))]
+            for cid, words in conn.execute(
+                sa.select(c.c.id, c.c.keywords).where(
+                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.not_in(due)
+                )
+            )
+            if words != "[]"
+        }
+        keywords = ctfidf_keywords({**docs, **background}, top=8) if docs else {}
         centroids = dict(
             conn.execute(
                 sa.select(c.c.id, c.c.centroid).where(
-                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(touched)
+                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(due)
                 )
             ).all()
         )
-        for cid in touched:
+        for cid in due:
             words = keywords.get(cid, [])
             examples: list[str] = []
             if vecs.get(cid) and cid in centroids:
@@ -386,6 +420,8 @@ class ClusterTracker:
                     examples=json.dumps(examples),
                 )
             )
+            named[str(cid)] = sizes[cid]
+        save_state(conn, project_id, state_name, named)
 
     def _rank(self, conn: Connection, project_id: int, now: dt.datetime) -> None:
         c = models.clusters

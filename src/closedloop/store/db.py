@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, overload
@@ -48,13 +51,25 @@ def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+_flights_guard = threading.Lock()
+_flights: dict[tuple[str, int], threading.Lock] = {}
+
+
 @contextlib.contextmanager
 def single_flight(engine: Engine, key: int) -> Iterator[bool]:
-    """Whether this process may run the job that ``key`` names, now: on PostgreSQL a session
-    advisory lock (one holder across processes and machines; ``False`` while another holds
-    it), on SQLite always ``True`` (one writer at a time anyway)."""
+    """Whether this process may run the job that ``key`` names, now (``False`` while another
+    run holds it; never waits): on PostgreSQL a session advisory lock (one holder across
+    processes and machines); on SQLite a lock per database in the process and a file lock
+    beside the database file (a CLI run beside a server's worker).
+
+    >>> engine = create_engine("sqlite://")
+    >>> with single_flight(engine, 7) as mine, single_flight(engine, 7) as again:
+    ...     mine, again
+    (True, False)
+    """
     if not is_postgresql(engine):
-        yield True
+        with _sqlite_flight(engine, key) as got:
+            yield got
         return
     with engine.connect() as conn:
         got = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
@@ -65,6 +80,38 @@ def single_flight(engine: Engine, key: int) -> Iterator[bool]:
             if got:
                 conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
                 conn.commit()
+
+
+@contextlib.contextmanager
+def _sqlite_flight(engine: Engine, key: int) -> Iterator[bool]:
+    name = engine.url.render_as_string(hide_password=True)
+    with _flights_guard:
+        local = _flights.setdefault((name, key), threading.Lock())
+    if not local.acquire(blocking=False):
+        yield False
+        return
+    try:
+        database = engine.url.database
+        if sys.platform == "win32" or not database or database == ":memory:":
+            yield True  # one process: the thread lock is the lock
+            return
+        import fcntl
+
+        fd = os.open(f"{database}.job-{key:x}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+    finally:
+        local.release()
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:

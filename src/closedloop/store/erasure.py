@@ -361,6 +361,15 @@ def _delete_hot(
         # topic and issue memberships, and the examples that showed the user's inputs (a
         # cluster's centroid and keywords are aggregates, renewed when it next changes)
         m, cl = models.cluster_members, models.clusters
+        lost = {
+            (kind, cid)
+            for chunk in _chunks(sorted(interaction_ids))
+            for kind, cid in conn.execute(
+                sa.select(m.c.kind, m.c.cluster_id)
+                .where(m.c.project_id == project_id, m.c.ref_id.in_(chunk), m.c.cluster_id > 0)
+                .distinct()
+            )
+        }
         hot["cluster_members"] = _delete(
             conn,
             m,
@@ -377,6 +386,18 @@ def _delete_hot(
                     .where(cl.c.project_id == project_id, cl.c.kind == kind, cl.c.id == cid)
                     .values(examples=json.dumps(kept))
                 )
+        # the analysis job names again the clusters that lost members (it renames those it
+        # has no named size for): their keywords may hold the user's words
+        st = models.analysis_state
+        for kind in {k for k, _ in lost}:
+            where = (st.c.project_id == project_id, st.c.name == f"{kind}_named")
+            value = conn.execute(sa.select(st.c.value).where(*where)).scalar()
+            if value is not None:
+                named = json.loads(value)
+                for k, cid in lost:
+                    if k == kind:
+                        named.pop(str(cid), None)
+                conn.execute(st.update().where(*where).values(value=json.dumps(named)))
     return hot
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
@@ -28,6 +28,7 @@ __all__ = [
     "get_feedback",
     "get_interaction",
     "get_signal",
+    "instant",
     "interaction_context",
     "enrichment_status",
     "get_session",
@@ -96,8 +97,13 @@ def _text(field: str, value: str) -> str:
     return value
 
 
-def _instant(field: str, value: dt.datetime) -> dt.datetime:
-    """``value`` in UTC; a time that has none (year 1 at +01:00) is the caller's error."""
+@overload
+def instant(field: str, value: dt.datetime) -> dt.datetime: ...
+@overload
+def instant(field: str, value: None) -> None: ...
+def instant(field: str, value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` in UTC; a time that has none (year 1 at +01:00) is the caller's error
+    (a ``ContractError`` naming ``field``)."""
     try:
         return utc(value)
     except OverflowError as exc:
@@ -193,9 +199,9 @@ def list_interactions(
             query = query.where(column == _text(name, value))
     # in UTC, naive as UTC: SQLite stores UTC wall time and would drop any other offset
     if filters.since is not None:
-        query = query.where(t.c.ts >= _instant("since", filters.since))
+        query = query.where(t.c.ts >= instant("since", filters.since))
     if filters.until is not None:
-        query = query.where(t.c.ts < _instant("until", filters.until))
+        query = query.where(t.c.ts < instant("until", filters.until))
     if filters.feedback_kind is not None:
         fb = models.feedback
         query = query.where(

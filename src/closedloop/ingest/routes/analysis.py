@@ -12,7 +12,7 @@ from closedloop.analyze import read
 from closedloop.analyze.metrics import metrics as compute_metrics
 from closedloop.analyze.tracker import topic_table
 from closedloop.ingest.deps import get_runtime, require_secret_key
-from closedloop.store.db import utc
+from closedloop.store.queries import instant
 from closedloop.types import ProjectKey
 
 __all__ = ["router"]
@@ -52,8 +52,8 @@ async def get_metrics(
             runtime.analytics(),
             key.project_id,
             by=by,
-            since=utc(since),
-            until=utc(until),
+            since=instant("since", since),
+            until=instant("until", until),
             bucket=bucket,
             measures=measure,
             topics=topics,
@@ -79,7 +79,9 @@ def get_drift(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     runtime = get_runtime(request)
-    found = read.alarms(runtime.engine, key.project_id, kind=kind, since=utc(since), limit=limit)
+    found = read.alarms(
+        runtime.engine, key.project_id, kind=kind, since=instant("since", since), limit=limit
+    )
     return {"alarms": found}
 
 
