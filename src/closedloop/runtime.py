@@ -224,7 +224,7 @@ class Runtime:
         handlers["enrich"] = self.enricher
         handlers["tier"] = tierer(engine, self.lake, self.projects, settings)
         handlers["retention"] = RetentionJob(engine, self.lake, self.indexes)
-        handlers["analyze"] = lambda job: self.analyzer()(job)
+        handlers["analyze"] = self.analyzer()  # built now: a bad detector setting fails here
         recurring = [
             *BUILTIN_RECURRING,
             Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),

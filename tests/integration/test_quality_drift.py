@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -169,3 +170,13 @@ def test_an_unknown_detector_is_refused_naming_the_setting() -> None:
     with pytest.raises(ConfigError) as info:
         detector_factory("NoSuchDetector")
     assert info.value.field == "drift_detector" and "BernoulliCusum" in str(info.value)
+
+
+def test_a_server_with_an_unknown_detector_refuses_to_start(tmp_path: Path) -> None:
+    from closedloop.runtime import Runtime
+    from closedloop.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, drift_detector="Nope", _env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError) as info:
+        Runtime.build(settings, load_plugins=False)
+    assert info.value.field == "drift_detector"
