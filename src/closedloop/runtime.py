@@ -120,6 +120,7 @@ def analyze_params(settings: Settings) -> AnalyzeParams:
             arl0=settings.drift_arl0,
             n_segments=settings.drift_streams,
             warmup=settings.drift_warmup,
+            dispersion=settings.drift_dispersion,
         ),
         tracker=TrackerParams(
             cluster=ClusterParams(),

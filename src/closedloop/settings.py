@@ -243,6 +243,13 @@ class Settings(BaseSettings):
         description="Feedback observations a stream collects as its reference before it may "
         "raise an alarm: the guard for low-volume segments (default 1,000).",
     )
+    drift_dispersion: float = Field(
+        default=1.0,
+        ge=1,
+        description="Variance inflation of feedback that comes in correlated bursts (one user's "
+        "several thumbs in a session): at least 1; 1.4 held bursty sessions of three to the "
+        "stated false-alarm rate in bench/drift_eval.py (default 1, independent feedback).",
+    )
     input_drift_interval_seconds: float = Field(
         default=3600.0,
         gt=0,

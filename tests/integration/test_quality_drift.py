@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from closedloop.analyze.drift.bernoulli import BernoulliCusum
 from closedloop.analyze.drift.monitor import DriftParams
 from closedloop.analyze.drift.registry import detector_factory
 from closedloop.analyze.quality_drift import QualityDrift
@@ -180,3 +181,24 @@ def test_a_server_with_an_unknown_detector_refuses_to_start(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         Runtime.build(settings, load_plugins=False)
     assert info.value.field == "drift_detector"
+
+
+def test_the_drift_settings_reach_every_stream_detector(tmp_path: Path) -> None:
+    from closedloop.runtime import Runtime
+    from closedloop.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path,
+        drift_arl0=5_000,
+        drift_streams=10,
+        drift_warmup=300,
+        drift_dispersion=1.4,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    runtime = Runtime.build(settings, load_plugins=False)
+    try:
+        detector = runtime.analyzer().quality._new()
+        assert isinstance(detector, BernoulliCusum)
+        assert (detector.arl0, detector.warmup, detector.dispersion) == (50_000, 300, 1.4)
+    finally:
+        runtime.engine.dispose()
