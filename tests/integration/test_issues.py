@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import httpx
+import numpy as np
 import sqlalchemy as sa
 
 from closedloop import make_event
@@ -207,3 +208,37 @@ async def test_topics_take_every_input_once_across_runs_of_a_small_batch(
     assert len(members(runtime, "topic")) == 17
     found = by_theme(members(runtime, "topic"))
     assert all(len(ids) == 1 and None not in ids for ids in found.values()), found
+
+
+async def test_after_an_embedder_change_an_erasure_leaves_the_old_models_clusters_alone(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    """Clusters are per embedder: naming those of the current one never reads another's
+    vectors, even when an erasure asks for names again."""
+    events = interactions("refund", range(6), hours_ago=5, bad=True)
+    for e in events:
+        if e["type"] == "interaction":
+            e["body"]["user_id"] = "gone" if e["id"] == "refund-0" else "stays"
+    await ingest(client, tenant, events)
+    settle(runtime)
+    old = runtime.embedder().name
+    ClusterTracker(runtime.engine, "topic", old).run(tenant.project_id)
+    v = models.vectors
+    with runtime.engine.begin() as conn:  # the operator switches to a 16-dimension model
+        rows = conn.execute(sa.select(v).where(v.c.model == old)).mappings().all()
+        rng = np.random.default_rng(0)
+        base = rng.normal(size=16)
+        for row in rows:
+            new = {k: val for k, val in row.items() if k != "seq"}
+            vector = (base + 0.01 * rng.normal(size=16)).astype(np.float32)
+            new.update(model="other", dim=16, vector=vector.tobytes())
+            conn.execute(v.insert().values(**new))
+    # inputs already in a topic stay in the old model's: the new one clusters new inputs
+    tracker = ClusterTracker(runtime.engine, "topic", "other")
+    assert tracker.run(tenant.project_id).added == 0
+    runtime.erase_user(tenant.project_id, "gone")  # asks for the old cluster's name again
+    tracker.run(tenant.project_id)  # names only its own clusters: no 16- vs 256-d mix-up
+    ClusterTracker(runtime.engine, "topic", old).run(tenant.project_id)  # the old one renames
+    with runtime.engine.connect() as conn:
+        got = conn.execute(sa.select(models.clusters.c.model, models.clusters.c.keywords)).all()
+    assert [(model, "refund" in json.loads(words)) for model, words in got] == [(old, True)]

@@ -170,8 +170,8 @@ class Analyzer:
 def _window_vectors(
     conn: Connection, project_id: int, model: str, start: dt.datetime, end: dt.datetime, n: int
 ) -> tuple[list[str], np.ndarray]:
-    """A uniform sample of at most ``n`` input vectors of the window (seeded by the window, so
-    a rerun draws the same): the whole window, not its last hours."""
+    """A uniform sample of at most ``n`` input vectors of the whole window (not its last
+    hours), seeded by the project and the window's start."""
     v = models.vectors
     seqs = list(
         conn.execute(

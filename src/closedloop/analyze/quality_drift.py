@@ -63,6 +63,8 @@ class _Stream:
     def at(self, index: int) -> dt.datetime:
         first = self.seen - len(self.times)
         stamp = self.times[min(max(index - first, 0), len(self.times) - 1)]
+        if isinstance(stamp, dt.datetime):  # a state written before times were floats
+            return _aware(stamp)
         return dt.datetime.fromtimestamp(stamp, dt.UTC)
 
 

@@ -14,12 +14,12 @@ from closedloop.store.db import utcnow
 __all__ = ["load_state", "save_state"]
 
 
-def load_state(conn: Connection, project_id: int, name: str) -> Any:
-    """The state stored under ``name``, or ``None``."""
+def load_state(conn: Connection, project_id: int, name: str, *, for_update: bool = False) -> Any:
+    """The state stored under ``name``, or ``None``; ``for_update`` locks its row until the
+    transaction ends (PostgreSQL; SQLite has one writer at a time anyway)."""
     t = models.analysis_state
-    value = conn.execute(
-        sa.select(t.c.value).where(t.c.project_id == project_id, t.c.name == name)
-    ).scalar()
+    query = sa.select(t.c.value).where(t.c.project_id == project_id, t.c.name == name)
+    value = conn.execute(query.with_for_update() if for_update else query).scalar()
     return None if value is None else json.loads(value)
 
 

@@ -321,13 +321,11 @@ class ClusterTracker:
         or grew by a tenth since they were last named (a name settles as a cluster grows)."""
         c, m, i, v = models.clusters, models.cluster_members, models.interactions, models.vectors
         state_name = f"{self.kind}_named"
-        named: dict[str, int] = load_state(conn, project_id, state_name) or {}
+        # locked: an erasure forgetting names meanwhile is not overwritten
+        named: dict[str, int] = load_state(conn, project_id, state_name, for_update=True) or {}
+        mine = (c.c.project_id == project_id, c.c.kind == self.kind, c.c.model == self.model)
         sizes = dict(
-            conn.execute(
-                sa.select(c.c.id, c.c.size).where(
-                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(touched)
-                )
-            ).all()
+            conn.execute(sa.select(c.c.id, c.c.size).where(*mine, c.c.id.in_(touched))).all()
         )
         due = sorted(
             cid
@@ -335,19 +333,14 @@ class ClusterTracker:
             if cid in sizes and sizes[cid] >= _RENAME_GROWTH * named.get(str(cid), 0)
         )
         # clusters never named, or whose name an erasure made stale (it forgets their entry)
-        stale = set(
-            conn.execute(
-                sa.select(c.c.id).where(c.c.project_id == project_id, c.c.kind == self.kind)
-            ).scalars()
-        ) - {int(k) for k in named}
+        # (this embedder's clusters only: another's are named by its own vectors)
+        stale = set(conn.execute(sa.select(c.c.id).where(*mine)).scalars()) - {
+            int(k) for k in named
+        }
         if stale - set(due):
             due = sorted(set(due) | stale)
             sizes.update(
-                conn.execute(
-                    sa.select(c.c.id, c.c.size).where(
-                        c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.in_(due)
-                    )
-                ).all()
+                conn.execute(sa.select(c.c.id, c.c.size).where(*mine, c.c.id.in_(due))).all()
             )
         if not due:
             return
@@ -408,7 +401,11 @@ class ClusterTracker:
         for cid in due:
             words = keywords.get(cid, [])
             examples: list[str] = []
-            if vecs.get(cid) and cid in centroids:
+            if (
+                vecs.get(cid)
+                and cid in centroids
+                and len(_vec(centroids[cid])) == len(vecs[cid][0])
+            ):
                 picked = representatives(np.stack(vecs[cid]), _vec(centroids[cid]), k=3)
                 examples = [refs[cid][j] for j in picked]
             conn.execute(

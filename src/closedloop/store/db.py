@@ -55,6 +55,17 @@ _flights_guard = threading.Lock()
 _flights: dict[tuple[str, int], threading.Lock] = {}
 
 
+def _forget_flights() -> None:
+    """In a forked child: no thread of the parent runs here, so none of its locks is held."""
+    global _flights_guard, _flights
+    _flights_guard = threading.Lock()
+    _flights = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_flights)
+
+
 @contextlib.contextmanager
 def single_flight(engine: Engine, key: int) -> Iterator[bool]:
     """Whether this process may run the job that ``key`` names, now (``False`` while another
@@ -85,6 +96,8 @@ def single_flight(engine: Engine, key: int) -> Iterator[bool]:
 @contextlib.contextmanager
 def _sqlite_flight(engine: Engine, key: int) -> Iterator[bool]:
     name = engine.url.render_as_string(hide_password=True)
+    if not engine.url.database or engine.url.database == ":memory:":
+        name += f"#{id(engine)}"  # each in-memory database is its own
     with _flights_guard:
         local = _flights.setdefault((name, key), threading.Lock())
     if not local.acquire(blocking=False):

@@ -391,7 +391,7 @@ def _delete_hot(
         st = models.analysis_state
         for kind in {k for k, _ in lost}:
             where = (st.c.project_id == project_id, st.c.name == f"{kind}_named")
-            value = conn.execute(sa.select(st.c.value).where(*where)).scalar()
+            value = conn.execute(sa.select(st.c.value).where(*where).with_for_update()).scalar()
             if value is not None:
                 named = json.loads(value)
                 for k, cid in lost:
