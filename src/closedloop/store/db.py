@@ -20,7 +20,15 @@ from sqlalchemy.engine import Engine, make_url
 
 from closedloop.errors import ConfigError
 
-__all__ = ["create_engine", "is_postgresql", "is_sqlite", "single_flight", "utc", "utcnow"]
+__all__ = [
+    "create_engine",
+    "is_postgresql",
+    "is_sqlite",
+    "single_flight",
+    "sqlite_file_lock",
+    "utc",
+    "utcnow",
+]
 
 
 def utcnow() -> dt.datetime:
@@ -104,27 +112,37 @@ def _sqlite_flight(engine: Engine, key: int) -> Iterator[bool]:
         yield False
         return
     try:
-        database = engine.url.database
-        if sys.platform == "win32" or not database or database == ":memory:":
-            yield True  # one process: the thread lock is the lock
-            return
-        import fcntl
-
-        fd = os.open(f"{database}.job-{key:x}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        with sqlite_file_lock(engine, f"job-{key:x}.lock", wait=False) as got:
+            yield got
     finally:
         local.release()
+
+
+@contextlib.contextmanager
+def sqlite_file_lock(engine: Engine, suffix: str, *, wait: bool) -> Iterator[bool]:
+    """An exclusive file lock beside a SQLite database file (``<database>.<suffix>``), for
+    processes on one machine; yields whether it was taken (always, with ``wait``). A database
+    with no file (in memory) or no ``flock`` (Windows) has one process: ``True``. A crashed
+    holder's lock is released with its process."""
+    database = engine.url.database
+    if sys.platform == "win32" or not database or database == ":memory:":
+        yield True  # one process: the caller's thread lock is the lock
+        return
+    import fcntl
+
+    fd = os.open(f"{database}.{suffix}", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def create_engine(url: str, *, sqlite_synchronous: str = "FULL", **kwargs: Any) -> Engine:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 import threading
 from collections.abc import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from closedloop.store.db import sqlite_file_lock
 
 __all__ = ["lake_lock"]
 
@@ -83,22 +83,5 @@ def _process_lock(engine: Engine, *, wait: bool) -> Iterator[bool]:
                         log.warning("cannot release the lake lock: %s", exc)
                         conn.invalidate()
         return
-    database = engine.url.database
-    if sys.platform == "win32" or not database or database == ":memory:":
-        yield True  # one process: the thread lock is the lock
-        return
-    import fcntl
-
-    fd = os.open(f"{database}.lake-lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    with sqlite_file_lock(engine, "lake-lock", wait=wait) as got:
+        yield got
