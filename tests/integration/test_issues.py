@@ -242,3 +242,20 @@ async def test_after_an_embedder_change_an_erasure_leaves_the_old_models_cluster
     with runtime.engine.connect() as conn:
         got = conn.execute(sa.select(models.clusters.c.model, models.clusters.c.keywords)).all()
     assert [(model, "refund" in json.loads(words)) for model, words in got] == [(old, True)]
+
+
+async def test_an_input_the_embedder_cannot_read_is_set_aside_not_a_failure(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    """A one-letter input embeds (lexically) to a zero vector: it has no direction, so it
+    joins no topic; the others are clustered and the run does not fail."""
+    events = interactions("refund", range(4), hours_ago=3, bad=True)
+    odd = make_event("interaction", {"input": "a", "output": "ok"}, id="odd-1")
+    odd["timestamp"] = (NOW - dt.timedelta(hours=3)).isoformat()
+    await ingest(client, tenant, [*events, odd])
+    settle(runtime)
+    tracker = ClusterTracker(runtime.engine, "topic", runtime.embedder().name)
+    assert tracker.run(tenant.project_id).added == 5
+    found = members(runtime, "topic")
+    assert found["odd-1"] == -1 and len({found[f"refund-{k}"] for k in range(4)}) == 1
+    assert tracker.run(tenant.project_id).added == 0, "set aside once, not taken again"

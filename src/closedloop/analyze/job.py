@@ -191,10 +191,11 @@ def _window_vectors(
         rows += conn.execute(
             sa.select(v.c.ref_id, v.c.vector).where(v.c.seq.in_(seqs[at : at + 500]))
         ).all()
-    if not rows:
+    vectors = {r.ref_id: np.frombuffer(r.vector, np.float32) for r in rows}
+    refs = sorted(ref for ref, vec in vectors.items() if np.any(vec))  # zero: nothing to read
+    if not refs:
         return [], np.zeros((0, 0), np.float32)
-    rows.sort(key=lambda r: r.ref_id)
-    return [r.ref_id for r in rows], np.stack([np.frombuffer(r.vector, np.float32) for r in rows])
+    return refs, np.stack([vectors[ref] for ref in refs])
 
 
 def _topics_of(conn: Connection, project_id: int, refs: list[str]) -> list[int | None]:

@@ -122,13 +122,20 @@ class ClusterTracker:
                 if self.kind == "issue":
                     self._rank(conn, project_id, now)  # a quiet week resolves an issue
                 return TrackerStats()
-            keys = [r.ref_id for r in new]
+            # a text with nothing the embedder can read (punctuation only) has a zero vector:
+            # no direction, no cluster; it is recorded as dropped, so it is not taken again
+            blank = tuple(r.ref_id for r in new if not np.any(_vec(r.vector)))
+            usable = [r for r in new if r.ref_id not in blank] if blank else new
+            keys = [r.ref_id for r in usable]
             vectors = (
-                np.stack([_vec(r.vector) for r in new]) if new else np.zeros((0, 1), np.float32)
+                np.stack([_vec(r.vector) for r in usable])
+                if usable
+                else np.zeros((0, 1), np.float32)
             )
-            result = clusterer.step(keys, vectors) if new else clusterer.step([], vectors[:0])
+            result = clusterer.step(keys, vectors) if usable else clusterer.step([], vectors[:0])
             ts = {r.ref_id: r.ts for r in new} | pending_ts
-            self._save_members(conn, project_id, new, result.joined, result.dropped, ts, now)
+            dropped = result.dropped + blank
+            self._save_members(conn, project_id, new, result.joined, dropped, ts, now)
             touched = set(result.joined.values())
             self._save_clusters(conn, project_id, clusterer.clusters, touched, now)
             self._name(conn, project_id, touched, now)
