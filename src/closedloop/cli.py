@@ -401,6 +401,11 @@ def main() -> None:
     app()
 
 
-# The storage and analysis commands register themselves on ``app`` and ``projects_app``.
+# The storage, analysis and act commands register themselves on ``app`` and ``projects_app``.
+from closedloop import cli_act as _cli_act  # noqa: E402,F401
 from closedloop import cli_analyze as _cli_analyze  # noqa: E402,F401
+from closedloop import cli_exports as _cli_exports  # noqa: E402,F401
+from closedloop import cli_prompts as _cli_prompts  # noqa: E402,F401
+from closedloop import cli_review as _cli_review  # noqa: E402,F401
 from closedloop import cli_storage as _cli_storage  # noqa: E402,F401
+from closedloop import cli_webhooks as _cli_webhooks  # noqa: E402,F401

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
+from closedloop.act.actions import ActContext
 from closedloop.analyze.cluster import ClusterParams
 from closedloop.analyze.drift.monitor import DriftParams
 from closedloop.analyze.drift.registry import detector_factory
@@ -285,6 +286,15 @@ class Runtime:
                     ),
                 )
             return self._analyzer
+
+    def act_context(self) -> ActContext:
+        """What actions are built with: this process's store, settings, embedder, analytics."""
+        return ActContext(
+            engine=self.engine,
+            settings=self.settings,
+            embedder=self.embedder,
+            analytics=self.analytics,
+        )
 
     def analytics(self) -> Analytics:
         """SQL over both tiers of this store (:class:`~closedloop.store.olap.Analytics`)."""

@@ -274,6 +274,75 @@ class Settings(BaseSettings):
         description="Interactions whose quality estimate (from feedback or implicit signals) "
         "is below this are clustered into issues (default 0.5).",
     )
+    act_interval_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often rules are evaluated and their actions run, in seconds (default 30).",
+    )
+    webhook_interval_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the webhook outbox is polled for due deliveries, in seconds "
+        "(default 2).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of one webhook delivery (connect, write and read), in seconds "
+        "(default 10).",
+    )
+    webhook_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="Attempts before a webhook delivery is dead-lettered (default 8).",
+    )
+    webhook_backoff_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Base of the exponential backoff between webhook attempts, in seconds "
+        "(default 5; capped at an hour).",
+    )
+    webhook_max_response_bytes: int = Field(
+        default=65536,
+        ge=0,
+        description="Bytes of a webhook response that are read (the rest is dropped; "
+        "default 65536).",
+    )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) that webhooks may reach although they are "
+        "loopback, private or link-local, e.g. 10.0.0.5 or 127.0.0.1/32 (default none).",
+    )
+    ab_interval_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often running prompt A/B tests are evaluated, in seconds (default 60).",
+    )
+    ab_alpha: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Error rate of the always-valid A/B test: the chance of promoting (or "
+        "rolling back) when candidate and production are equally good (default 0.05).",
+    )
+    ab_min_samples: int = Field(
+        default=100,
+        ge=1,
+        description="Rated interactions each arm needs before an A/B test may decide "
+        "(default 100).",
+    )
+    ab_max_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The largest traffic share a prompt candidate may get (default 0.5).",
+    )
+    reindex_min_negatives: int = Field(
+        default=3,
+        ge=1,
+        description="Negative answers a retrieved document must be tied to before it is "
+        "flagged for re-indexing (default 3).",
+    )
     access_log: bool = Field(
         default=False,
         description="Log every HTTP request (default false: /metrics counts requests by route "

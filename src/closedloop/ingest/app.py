@@ -32,12 +32,18 @@ from closedloop.ingest.routes import (
     analysis,
     browser,
     events,
+    exports,
+    knowledge,
     ops,
     privacy,
+    prompts,
     query,
     read,
+    review,
+    rules,
     search,
     storage,
+    webhooks,
 )
 from closedloop.ingest.routes import otlp as otlp_routes
 from closedloop.runtime import Runtime
@@ -270,6 +276,12 @@ def create_app(
     app.include_router(search.router)
     app.include_router(query.router)
     app.include_router(analysis.router)
+    app.include_router(rules.router)
+    app.include_router(webhooks.router)
+    app.include_router(review.router)
+    app.include_router(exports.router)
+    app.include_router(prompts.router)
+    app.include_router(knowledge.router)
     app.include_router(ops.router)
     app.include_router(otlp_routes.router)
     app.include_router(browser.router)

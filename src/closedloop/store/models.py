@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "ab_tests",
     "analysis_state",
     "api_keys",
     "cluster_members",
@@ -22,14 +23,23 @@ __all__ = [
     "export_files",
     "export_users",
     "feedback",
+    "firings",
     "interactions",
     "jobs",
+    "kb_entries",
     "lake_files",
     "metadata",
     "projects",
+    "prompt_labels",
+    "prompts",
+    "reindex_flags",
+    "review_tasks",
+    "rules",
     "sessions",
     "signals",
     "vectors",
+    "webhook_deliveries",
+    "webhook_endpoints",
 ]
 
 metadata = sa.MetaData()
@@ -397,4 +407,180 @@ analysis_state = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("updated_at", Ts, nullable=False),
+)
+
+# -- act (migration 0005) ---------------------------------------------------------------------
+
+# Rules (``spec``: the validated rule as JSON; ``state``: the rule's cursor and cooldowns) and
+# their firings, each with a snapshot of its trigger, the metric before it (``baseline``) and
+# its actions' results; ``dedup_key`` makes a trigger fire a rule once.
+rules = sa.Table(
+    "rules",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("source", sa.String(8), nullable=False, server_default="api"),
+    sa.Column("state", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_rules_name"),
+)
+
+firings = sa.Table(
+    "firings",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("rule_id", sa.Integer, nullable=False),
+    sa.Column("rule_name", sa.String(128), nullable=False),
+    sa.Column("dedup_key", sa.String(600), nullable=False),
+    sa.Column("segment", sa.String(600), nullable=False),
+    sa.Column("fired_at", Ts, nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("baseline", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("actions", sa.Text, nullable=False, server_default="[]"),
+    sa.UniqueConstraint("project_id", "rule_id", "dedup_key", name="uq_firings_dedup"),
+    sa.Index("ix_firings_project_fired", "project_id", "fired_at"),
+)
+
+# Signed webhooks: endpoints (their Standard Webhooks secret) and the durable outbox.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("secret", sa.String(128), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False, server_default="standard"),
+    sa.Column("allow_private", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_webhook_endpoints_name"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("endpoint_id", sa.Integer, nullable=False),
+    sa.Column("msg_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("event_type", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", Ts, nullable=False),
+    sa.Column("lease_until", Ts),
+    sa.Column("last_status", sa.Integer),
+    sa.Column("last_error", sa.Text),
+    sa.Column("firing_id", BigId),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("delivered_at", Ts),
+    sa.Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_project", "project_id", "created_at"),
+)
+
+# The human review queue; an answer becomes reviewer feedback (``feedback_id``).
+review_tasks = sa.Table(
+    "review_tasks",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("interaction_id", sa.String(128)),
+    sa.Column("firing_id", BigId),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("assignee", sa.String(128)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("answer", sa.Text),
+    sa.Column("answered_by", sa.String(128)),
+    sa.Column("feedback_id", sa.String(128)),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.Column("answered_at", Ts),
+    sa.Index("ix_review_tasks_queue", "project_id", "state", "priority"),
+)
+
+# The prompt registry: versions, labels (``production``, ``candidate``) and A/B tests.
+prompts = sa.Table(
+    "prompts",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("template", sa.Text, nullable=False),
+    sa.Column("examples", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("config", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("source", sa.String(16), nullable=False, server_default="manual"),
+    sa.Column("parent_version", sa.Integer),
+    sa.Column("firing_id", BigId),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+prompt_labels = sa.Table(
+    "prompt_labels",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("label", sa.String(32), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+)
+
+ab_tests = sa.Table(
+    "ab_tests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("prompt", sa.String(128), nullable=False),
+    sa.Column("control_version", sa.Integer, nullable=False),
+    sa.Column("candidate_version", sa.Integer, nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("params", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("evidence", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("firing_id", BigId),
+    sa.Column("started_at", Ts, nullable=False),
+    sa.Column("ended_at", Ts),
+    sa.Index("ix_ab_tests_prompt", "project_id", "prompt", "state"),
+)
+
+# Knowledge-base entries (from corrections or by hand) and documents flagged for re-indexing.
+kb_entries = sa.Table(
+    "kb_entries",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("project_id", sa.Integer, nullable=False),
+    sa.Column("query", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("interaction_id", sa.String(128)),
+    sa.Column("feedback_id", sa.String(128)),
+    sa.Column("user_key", sa.String(64)),
+    sa.Column("model", sa.String(128)),
+    sa.Column("vector", sa.LargeBinary),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("firing_id", BigId),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("updated_at", Ts, nullable=False),
+    sa.UniqueConstraint("project_id", "feedback_id", name="uq_kb_entries_feedback"),
+    sa.Index("ix_kb_entries_project", "project_id", "active"),
+)
+
+reindex_flags = sa.Table(
+    "reindex_flags",
+    metadata,
+    sa.Column("project_id", sa.Integer, primary_key=True),
+    sa.Column("doc_id", sa.String(256), primary_key=True),
+    sa.Column("negatives", sa.Integer, nullable=False),
+    sa.Column("examples", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("first_flagged_at", Ts, nullable=False),
+    sa.Column("last_flagged_at", Ts, nullable=False),
+    sa.Column("notified_at", Ts),
 )

@@ -1,0 +1,1 @@
+"""Signed webhooks: endpoints, the SSRF guard, and the durable delivery outbox."""

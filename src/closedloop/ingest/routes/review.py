@@ -1,0 +1,9 @@
+"""The human review queue (secret key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["review"])
