@@ -161,6 +161,8 @@ def render_type(annotation: Any) -> str:
         return names[annotation]
     if typing.get_origin(annotation) is dict:
         return "JSON object"
+    if typing.get_origin(annotation) is list:
+        return "JSON list"
     raise TypeError(f"add {annotation!r} to render_type in {__file__}")
 
 
