@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from closedloop.act.actions import ActContext
+from closedloop.act.actions import ActContext, action_kinds
+from closedloop.act.engine import RuleEngine
 from closedloop.analyze.cluster import ClusterParams
 from closedloop.analyze.drift.monitor import DriftParams
 from closedloop.analyze.drift.registry import detector_factory
@@ -162,6 +164,8 @@ class Runtime:
     _embedder_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _embedding_job: EmbeddingJob | None = field(default=None, repr=False)
     _analyzer: Analyzer | None = field(default=None, repr=False)
+    _rule_engine: RuleEngine | None = field(default=None, repr=False)
+    load_plugins: bool = True
 
     @classmethod
     def build(cls, settings: Settings, *, load_plugins: bool = True) -> Runtime:
@@ -213,6 +217,7 @@ class Runtime:
             lake=lake,
             indexes=indexes,
             erased=erased,
+            load_plugins=load_plugins,
         )
         if settings.run_worker:
             runtime.worker = runtime._worker(load_plugins)
@@ -227,10 +232,12 @@ class Runtime:
         handlers["tier"] = tierer(engine, self.lake, self.projects, settings)
         handlers["retention"] = RetentionJob(engine, self.lake, self.indexes)
         handlers["analyze"] = self.analyzer()  # built now: a bad detector setting fails here
+        handlers["act"] = lambda job: self.rule_engine()(job)
         recurring = [
             *BUILTIN_RECURRING,
             Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
             Recurring(kind="analyze", every_seconds=settings.analyze_interval_seconds),
+            Recurring(kind="act", every_seconds=settings.act_interval_seconds),
             Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
             Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
         ]
@@ -295,6 +302,17 @@ class Runtime:
             embedder=self.embedder,
             analytics=self.analytics,
         )
+
+    def action_kinds(self) -> dict[str, Any]:
+        """The action kinds by name: built in, and from plugins unless they are off."""
+        return action_kinds(load_plugins=self.load_plugins)
+
+    def rule_engine(self) -> RuleEngine:
+        """The rules job over this process's store and actions."""
+        with self._embedder_lock:
+            if self._rule_engine is None:
+                self._rule_engine = RuleEngine(self.act_context(), self.action_kinds())
+            return self._rule_engine
 
     def analytics(self) -> Analytics:
         """SQL over both tiers of this store (:class:`~closedloop.store.olap.Analytics`)."""

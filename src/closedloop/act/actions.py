@@ -163,7 +163,7 @@ def build_action(
             field=field_name,
         )
     try:
-        validated = cls.Params.model_validate(dict(params))
+        validated: pydantic.BaseModel = cls.Params.model_validate(dict(params))
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -1,0 +1,324 @@
+"""The rules job: evaluate each enabled rule, record each firing once, run its actions.
+
+A firing is recorded before its actions run, with a snapshot of its trigger and the affected
+metric before it (:mod:`closedloop.act.effect`); its ``dedup_key`` is unique per rule, so a
+trigger fires a rule once even if two runs race. A rule's ``cooldown`` keeps it quiet on a
+segment for that long after it fired there. A ``dry_run`` rule records its firings (marked)
+with what its actions would have done, and changes nothing else.
+
+Each run takes a single-flight lock (one runner across processes); every worker schedules it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from closedloop.act import conditions
+from closedloop.act.actions import ActContext, Action, ActionResult, Trigger, build_action
+from closedloop.act.effect import baseline, scope_of
+from closedloop.act.rules import (
+    DriftCondition,
+    EventCondition,
+    IssueCondition,
+    MetricCondition,
+    RuleSpec,
+    StoredRule,
+    list_rules,
+    save_rule_state,
+)
+from closedloop.errors import ClosedLoopError, JobError
+from closedloop.store import models
+from closedloop.store.db import single_flight, utcnow
+from closedloop.store.jobs import Job
+
+__all__ = ["EngineStats", "Evaluation", "RuleEngine"]
+
+logger = logging.getLogger(__name__)
+
+_LOCK_KEY = 0x636C_7275_6C65_7321  # "clrules!": the advisory lock of the rules job
+
+
+@dataclass
+class EngineStats:
+    """What a run did."""
+
+    rules: int = 0
+    fired: int = 0
+    cooled: int = 0
+    held_out: int = 0
+    actions_ok: int = 0
+    actions_failed: int = 0
+    skipped: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evaluation:
+    """What a rule would do now (``closedloop rules test``): its triggers, which the cooldown
+    or an earlier firing would hold back, and its actions' dry runs."""
+
+    rule: str
+    triggers: list[dict[str, Any]]
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _trigger_json(trigger: Trigger) -> dict[str, Any]:
+    return {
+        "rule": trigger.rule,
+        "kind": trigger.kind,
+        "segment": trigger.segment,
+        "fired_at": trigger.fired_at.isoformat(),
+        "snapshot": dict(trigger.snapshot),
+        "interaction_ids": list(trigger.interaction_ids),
+        "issue_id": trigger.issue_id,
+        "prompt": trigger.prompt,
+    }
+
+
+class RuleEngine:
+    """Evaluates rules and runs their actions.
+
+    Parameters
+    ----------
+    context
+        What actions are built with (the store, settings, embedder, analytics).
+    kinds
+        The action kinds by name (:func:`closedloop.act.actions.action_kinds`).
+    """
+
+    def __init__(self, context: ActContext, kinds: Mapping[str, Any]) -> None:
+        self.context = context
+        self.engine = context.engine
+        self.kinds = dict(kinds)
+
+    def __call__(self, job: Job) -> None:
+        """The worker's ``act`` job."""
+        self.run(job.project_id)
+
+    def run(self, project_id: int | None = None, *, now: dt.datetime | None = None) -> EngineStats:
+        """Evaluate every enabled rule (of one project, or all) and fire what is due."""
+        stats = EngineStats()
+        with single_flight(self.engine, _LOCK_KEY) as mine:
+            if not mine:
+                stats.skipped = True
+                return stats
+            projects = [project_id] if project_id is not None else self._projects()
+            for pid in projects:
+                for rule in list_rules(self.engine, pid):
+                    if not rule.spec.enabled:
+                        continue
+                    stats.rules += 1
+                    try:
+                        self._run_rule(rule, now or utcnow(), stats)
+                    except ClosedLoopError as exc:
+                        logger.warning("rule %r of project %s failed: %s", rule.spec.name, pid, exc)
+                        stats.errors.append(f"{rule.spec.name}: {exc}")
+        if stats.errors:
+            raise JobError("; ".join(stats.errors))
+        return stats
+
+    def _projects(self) -> list[int]:
+        r = models.rules
+        with self.engine.connect() as conn:
+            return [int(p) for p in conn.execute(sa.select(r.c.project_id).distinct()).scalars()]
+
+    def find(
+        self, rule: StoredRule, now: dt.datetime, cursor: Mapping[str, Any] | None = None
+    ) -> list[conditions.Found]:
+        """The triggers of ``rule`` now (streams read from ``cursor``, default the rule's)."""
+        spec, pid = rule.spec, rule.project_id
+        state = dict(rule.state if cursor is None else cursor)
+        negative = self.context.settings.negative_quality
+        cond = spec.condition
+        if isinstance(cond, MetricCondition):
+            return conditions.metric_triggers(
+                self.context.analytics(),
+                self.engine,
+                pid,
+                spec.name,
+                cond,
+                now,
+                negative_quality=negative,
+            )
+        if isinstance(cond, DriftCondition):
+            return conditions.drift_triggers(
+                self.engine, pid, spec.name, cond, now, state, negative_quality=negative
+            )
+        if isinstance(cond, IssueCondition):
+            return conditions.issue_triggers(self.engine, pid, spec.name, cond, now)
+        assert isinstance(cond, EventCondition)
+        return conditions.event_triggers(self.engine, pid, spec.name, cond, now, state)
+
+    def _actions(self, spec: RuleSpec) -> list[Action]:
+        out = []
+        for index, a in enumerate(spec.actions):
+            built = build_action(
+                a.type,
+                a.params,
+                self.context,
+                kinds=self.kinds,
+                field_name=f"{spec.name}.actions[{index}]",
+            )
+            out.append(built)
+        return out  # type: ignore[return-value]
+
+    def cooling(self, rule: StoredRule, segment: str, now: dt.datetime) -> bool:
+        """Whether ``rule`` fired on ``segment`` within its cooldown."""
+        cooldown = cooldown_of(rule.spec)
+        if cooldown <= 0:
+            return False
+        f = models.firings
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                sa.select(sa.func.max(f.c.fired_at)).where(
+                    f.c.project_id == rule.project_id,
+                    f.c.rule_id == rule.id,
+                    f.c.segment == segment,
+                )
+            ).scalar()
+        return last is not None and _aware(last) > now - dt.timedelta(seconds=cooldown)
+
+    def _run_rule(self, rule: StoredRule, now: dt.datetime, stats: EngineStats) -> None:
+        spec = rule.spec
+        actions = self._actions(spec)
+        state = dict(rule.state)
+        for found in self.find(rule, now):
+            if not conditions.is_marker(found):
+                if self.cooling(rule, found.trigger.segment, now):
+                    stats.cooled += 1
+                else:
+                    self._fire(rule, found, actions, now, stats)
+            if found.cursor is not None:
+                state.update(found.cursor)
+                with self.engine.begin() as conn:
+                    save_rule_state(conn, rule.id, state)
+
+    def _fire(
+        self,
+        rule: StoredRule,
+        found: conditions.Found,
+        actions: list[Action],
+        now: dt.datetime,
+        stats: EngineStats,
+    ) -> None:
+        spec, trigger = rule.spec, found.trigger
+        scope = scope_of(trigger, spec)
+        try:
+            base = baseline(self.context.analytics(), self.engine, rule.project_id, scope, now)
+        except ClosedLoopError as exc:  # the firing still happens; its effect is unmeasured
+            base = {"error": str(exc)}
+        held = held_out(spec, found)
+        if held:
+            base["held_out"] = True
+        f = models.firings
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        insert = (
+            dialect.insert(f)
+            .values(
+                project_id=rule.project_id,
+                rule_id=rule.id,
+                rule_name=spec.name,
+                dedup_key=found.dedup_key,
+                segment=trigger.segment,
+                fired_at=now,
+                dry_run=spec.dry_run,
+                trigger=json.dumps(_trigger_json(trigger), default=str),
+                baseline=json.dumps(base, default=str),
+            )
+            .on_conflict_do_nothing()
+            .returning(f.c.id)
+        )
+        with self.engine.begin() as conn:
+            firing_id = conn.execute(insert).scalar()
+        if firing_id is None:  # fired on this trigger before
+            return
+        stats.fired += 1
+        if held:  # the control: recorded with its baseline, not acted on
+            stats.held_out += 1
+            return
+        trigger = replace(trigger, firing_id=int(firing_id))
+        results = [self._run_action(a, trigger, dry_run=spec.dry_run) for a in actions]
+        for result in results:
+            if result.ok:
+                stats.actions_ok += 1
+            else:
+                stats.actions_failed += 1
+        with self.engine.begin() as conn:
+            conn.execute(
+                f.update()
+                .where(f.c.id == firing_id)
+                .values(actions=json.dumps([r.to_json() for r in results], default=str))
+            )
+
+    @staticmethod
+    def _run_action(action: Action, trigger: Trigger, *, dry_run: bool) -> ActionResult:
+        try:
+            return action.run(trigger, dry_run=dry_run)
+        except Exception as exc:  # an action's failure is recorded, never stops the others
+            logger.exception("action %s of rule %r failed", action.name, trigger.rule)
+            return ActionResult(
+                action=action.name,
+                ok=False,
+                summary=f"{type(exc).__name__}: {exc}",
+                dry_run=dry_run,
+            )
+
+    def evaluate(self, rule: StoredRule, *, now: dt.datetime | None = None) -> Evaluation:
+        """What ``rule`` would fire on the stored data now, with its actions' dry runs; nothing
+        is recorded. Streams (drift alarms, feedback) are read from the start."""
+        now = now or utcnow()
+        actions = self._actions(rule.spec)
+        f = models.firings
+        with self.engine.connect() as conn:
+            done = (
+                set(conn.execute(sa.select(f.c.dedup_key).where(f.c.rule_id == rule.id)).scalars())
+                if rule.id
+                else set()
+            )
+        out = []
+        cooled: set[str] = set()
+        for found in self.find(rule, now, cursor={}):
+            if conditions.is_marker(found):
+                continue
+            t = found.trigger
+            held = None
+            if found.dedup_key in done:
+                held = "fired before"
+            elif t.segment in cooled or (rule.id and self.cooling(rule, t.segment, now)):
+                held = "cooldown"
+            if cooldown_of(rule.spec) > 0:
+                cooled.add(t.segment)
+            dry = [self._run_action(a, t, dry_run=True).to_json() for a in actions]
+            out.append({"trigger": _trigger_json(t), "held": held, "actions": dry})
+        return Evaluation(rule=rule.spec.name, triggers=out)
+
+
+def cooldown_of(spec: RuleSpec) -> float:
+    """The rule's cooldown in seconds: as set, else none for event rules (each feedback is its
+    own trigger) and an hour for the others."""
+    if spec.cooldown_seconds is not None:
+        return spec.cooldown_seconds
+    return 0.0 if isinstance(spec.condition, EventCondition) else 3600.0
+
+
+def held_out(spec: RuleSpec, found: conditions.Found) -> bool:
+    """Whether this trigger falls in the rule's hold-out share: decided by a stable hash of the
+    segment (the same segment is always held out or always treated), of the feedback for event
+    rules."""
+    if spec.holdout <= 0:
+        return False
+    unit = found.dedup_key if found.trigger.kind == "event" else found.trigger.segment
+    digest = hashlib.blake2b(f"{spec.name}\x00{unit}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < spec.holdout
