@@ -31,6 +31,7 @@ closedloop.errors.ContractError: body.thumbs: must be -1 or 1
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -429,8 +430,22 @@ def find_nul(obj: Any, path: str = "") -> str | None:
 
 def event_json_schema() -> dict[str, Any]:
     """The JSON Schema of one event envelope (a tagged union on ``type``)."""
-    schema: dict[str, Any] = msgspec.json.schema(Event)
+    schema: dict[str, Any] = _clean_descriptions(msgspec.json.schema(Event))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "closedloop event"
     schema["x-limits"] = msgspec.to_builtins(LIMITS)
     return schema
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Descriptions dedented (msgspec releases differ in whether they dedent docstrings)."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v)
+            if k == "description" and isinstance(v, str)
+            else _clean_descriptions(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
