@@ -203,15 +203,16 @@ def actions_report(
 ) -> None:
     """Did each firing fix what triggered it? Before and after with 95 % intervals, against a
     control (which one is named)."""
-    from closedloop.act.effect import effect_report
+    from closedloop.act.effect import effect_report, rule_summaries
 
     if output not in ("table", "json"):
         raise _fail("--format is table or json")
     with _runtime() as runtime:
         pid = _project_id(runtime, project)
         rows = effect_report(runtime.engine, runtime.analytics(), pid, rule=rule, limit=limit)
+    summaries = rule_summaries(rows)
     if output == "json":
-        console.print_json(json.dumps(rows, default=str))
+        console.print_json(json.dumps({"firings": rows, "rules": summaries}, default=str))
         return
     table = Table("firing", "rule", "segment", "measure", "before", "after", "effect", "control")
     for r in rows:
@@ -229,3 +230,11 @@ def actions_report(
             r["method"],
         )
     console.print(table)
+    for s in summaries:
+        ci = "" if s["low"] is None else f" [{s['low']:+.3f}, {s['high']:+.3f}]"
+        console.print(
+            f"{s['rule']}: {s['treated']} treated firings changed {s['treated_change']:+.3f}, "
+            f"{s['held_out']} held out {s['held_out_change']:+.3f}: effect "
+            f"{s['effect']:+.3f}{ci} ({s['verdict']}; control: the rule's hold-out)",
+            highlight=False,
+        )
