@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 
 from closedloop.act.actions import ActContext, action_kinds
 from closedloop.act.engine import RuleEngine
+from closedloop.act.reindex import ReindexScanner
 from closedloop.act.webhooks.outbox import WebhookSender
 from closedloop.analyze.cluster import ClusterParams
 from closedloop.analyze.drift.monitor import DriftParams
@@ -235,12 +236,14 @@ class Runtime:
         handlers["analyze"] = self.analyzer()  # built now: a bad detector setting fails here
         handlers["act"] = lambda job: self.rule_engine()(job)
         handlers["webhooks"] = WebhookSender(engine, settings)
+        handlers["reindex"] = ReindexScanner(engine, settings)
         recurring = [
             *BUILTIN_RECURRING,
             Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
             Recurring(kind="analyze", every_seconds=settings.analyze_interval_seconds),
             Recurring(kind="act", every_seconds=settings.act_interval_seconds),
             Recurring(kind="webhooks", every_seconds=settings.webhook_interval_seconds),
+            Recurring(kind="reindex", every_seconds=settings.act_interval_seconds),
             Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
             Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
         ]

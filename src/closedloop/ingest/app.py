@@ -152,7 +152,9 @@ def _handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
+        loc = [str(p) for p in first.get("loc", ())]
+        if loc and loc[0] in ("query", "path", "body", "header"):  # where, not which field
+            loc = loc[1:]
         return problem(
             400,
             "Bad request",
@@ -162,7 +164,7 @@ def _handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
-        titles = {404: "Not found", 405: "Method not allowed"}
+        titles = {404: "Not found", 405: "Method not allowed", 409: "Conflict"}
         return problem(
             exc.status_code,
             titles.get(exc.status_code, "Error"),

@@ -358,6 +358,46 @@ def _delete_hot(
         hot["embedding_cache"] = _delete(
             conn, cache, lambda c: cache.c.text_hash.in_(c), text_hashes
         )
+        # knowledge-base entries holding the user's words (by their keyed hash, or made from
+        # their interactions and feedback), and reviewers' answers on their interactions (the
+        # reviewer feedback itself went with the interactions' feedback above)
+        kb, rt, p = models.kb_entries, models.review_tasks, models.projects
+        secret = conn.execute(sa.select(p.c.pii_secret).where(p.c.id == project_id)).scalar()
+        hot["kb_entries"] = (
+            _delete(
+                conn,
+                kb,
+                lambda c: sa.and_(kb.c.project_id == project_id, kb.c.user_key.in_(c)),
+                [user_key(secret, form) for form in forms],
+            )
+            + _delete(
+                conn,
+                kb,
+                lambda c: sa.and_(kb.c.project_id == project_id, kb.c.interaction_id.in_(c)),
+                interaction_ids,
+            )
+            + _delete(
+                conn,
+                kb,
+                lambda c: sa.and_(kb.c.project_id == project_id, kb.c.feedback_id.in_(c)),
+                feedback_ids,
+            )
+        )
+        hot["review_answers"] = sum(
+            int(
+                conn.execute(
+                    rt.update()
+                    .where(
+                        rt.c.project_id == project_id,
+                        rt.c.interaction_id.in_(chunk),
+                        rt.c.answer.is_not(None),
+                    )
+                    .values(answer=None, updated_at=utcnow())
+                ).rowcount
+                or 0
+            )
+            for chunk in _chunks(sorted(interaction_ids))
+        )
         # topic and issue memberships, and the examples that showed the user's inputs (a
         # cluster's centroid and keywords are aggregates, renewed when it next changes)
         m, cl = models.cluster_members, models.clusters

@@ -1,0 +1,471 @@
+"""The knowledge base: corrections become entries an app can recall at once.
+
+An entry pairs a ``query`` (the user's words: an interaction's input text, or its last user
+message) with an ``answer`` (a correction, a reviewer's fix, or one written by hand). Its
+query is embedded with the process's one embedder and stored as float32 bytes beside the
+model's name.
+
+:func:`recall` scores a query against the project's active entries by cosine similarity with
+numpy, brute force: a knowledge base holds thousands of entries, where a matrix product takes
+well under a millisecond and an approximate index would only add a second copy to keep in
+step. Entries embedded by another model (the process switched embedders) are re-embedded on
+the next recall that meets them and stored again, so a switch never hides the knowledge base.
+
+Documents tied to bad answers are flagged by :mod:`closedloop.act.reindex`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pydantic
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from closedloop.act.actions import ActContext, ActionResult, Trigger
+from closedloop.errors import ConfigError, NotFound
+from closedloop.events import LIMITS
+from closedloop.sdk.recall import Recalled
+from closedloop.store import models
+from closedloop.store.db import utc, utcnow
+from closedloop.store.erased import user_key
+
+if TYPE_CHECKING:
+    from closedloop.embed.base import Embedder
+
+__all__ = [
+    "Entry",
+    "KnowledgeAction",
+    "KnowledgeParams",
+    "Recalled",
+    "add_entry",
+    "deactivate",
+    "entries",
+    "from_corrections",
+    "get_entry",
+    "input_text",
+    "recall",
+]
+
+log = logging.getLogger(__name__)
+
+_SOURCES = ("correction", "manual", "review")
+_CHUNK = 400
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """A knowledge-base entry (without its vector)."""
+
+    id: int
+    query: str
+    answer: str
+    source: str
+    interaction_id: str | None
+    feedback_id: str | None
+    model: str | None
+    active: bool
+    firing_id: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the API answers it."""
+        return {
+            "id": self.id,
+            "query": self.query,
+            "answer": self.answer,
+            "source": self.source,
+            "interaction_id": self.interaction_id,
+            "feedback_id": self.feedback_id,
+            "model": self.model,
+            "active": self.active,
+            "firing_id": self.firing_id,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def _text(field: str, value: str) -> str:
+    if not value.strip():
+        raise ConfigError(f"{field} must not be empty", field=field)
+    if len(value) > LIMITS.text_length or "\x00" in value:
+        raise ConfigError(
+            f"{field} must hold at most {LIMITS.text_length} characters and no NUL", field=field
+        )
+    return value
+
+
+def input_text(body: str | dict[str, Any]) -> str | None:
+    """The user's words of an interaction (its body JSON): the input text, or the last user
+    message of a chat input.
+
+    >>> input_text('{"input": [{"role": "system", "content": "x"}, {"role": "user", '
+    ...            '"content": "hi"}]}')
+    'hi'
+    """
+    data = json.loads(body) if isinstance(body, str) else body
+    value = data.get("input")
+    if isinstance(value, str):
+        return value or None
+    for message in reversed(value or []):
+        if message.get("role") == "user" and message.get("content"):
+            return str(message["content"])
+    return None
+
+
+def _secret(conn: sa.Connection, project_id: int) -> str | None:
+    p = models.projects
+    row = conn.execute(sa.select(p.c.pii_secret).where(p.c.id == project_id)).first()
+    if row is None:
+        raise NotFound(f"no project with id {project_id}")
+    secret: str | None = row.pii_secret
+    return secret
+
+
+def _upsert(conn: sa.Connection, values: dict[str, Any]) -> int:
+    """Insert an entry; one with the same feedback id is replaced (and active again)."""
+    t = models.kb_entries
+    if values.get("feedback_id") is None:
+        return int(conn.execute(t.insert().values(**values).returning(t.c.id)).scalar_one())
+    dialect = postgresql if conn.engine.dialect.name == "postgresql" else sqlite
+    changed = {k: v for k, v in values.items() if k not in ("project_id", "created_at")}
+    stmt = (
+        dialect.insert(t)
+        .values(**values)
+        .on_conflict_do_update(index_elements=["project_id", "feedback_id"], set_=changed)
+        .returning(t.c.id)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def add_entry(
+    engine: Engine,
+    embedder: Embedder,
+    project_id: int,
+    *,
+    query: str,
+    answer: str,
+    source: str,
+    interaction_id: str | None = None,
+    feedback_id: str | None = None,
+    user_id: str | None = None,
+    firing_id: int | None = None,
+) -> int:
+    """Add (or, for the same ``feedback_id``, replace) an entry; its id. ``user_id`` (the
+    stored id of the user whose words the entry holds) is kept only as the keyed hash that
+    erasure looks for."""
+    if source not in _SOURCES:
+        raise ConfigError(f"source must be one of {', '.join(_SOURCES)}", field="source")
+    query, answer = _text("query", query), _text("answer", answer)
+    vector = embedder.embed([query])[0].astype(np.float32)
+    now = utcnow()
+    with engine.begin() as conn:
+        key = user_key(_secret(conn, project_id), user_id) if user_id else None
+        return _upsert(
+            conn,
+            {
+                "project_id": project_id,
+                "query": query,
+                "answer": answer,
+                "source": source,
+                "interaction_id": interaction_id,
+                "feedback_id": feedback_id,
+                "user_key": key,
+                "model": embedder.name,
+                "vector": vector.tobytes(),
+                "active": True,
+                "firing_id": firing_id,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(
+        id=int(row.id),
+        query=row.query,
+        answer=row.answer,
+        source=row.source,
+        interaction_id=row.interaction_id,
+        feedback_id=row.feedback_id,
+        model=row.model,
+        active=bool(row.active),
+        firing_id=row.firing_id,
+        created_at=utc(row.created_at),
+        updated_at=utc(row.updated_at),
+    )
+
+
+def entries(
+    engine: Engine, project_id: int, *, limit: int = 100, active: bool | None = True
+) -> list[Entry]:
+    """The project's entries, newest first (``active=None``: also the deactivated ones)."""
+    t = models.kb_entries
+    columns = [c for c in t.c if c.name not in ("vector", "user_key")]
+    query = sa.select(*columns).where(t.c.project_id == project_id)
+    if active is not None:
+        query = query.where(t.c.active == active)
+    query = query.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(max(1, limit))
+    with engine.connect() as conn:
+        return [_entry(r) for r in conn.execute(query)]
+
+
+def get_entry(engine: Engine, project_id: int, entry_id: int) -> Entry:
+    """One entry of the project (:class:`NotFound` otherwise)."""
+    t = models.kb_entries
+    columns = [c for c in t.c if c.name not in ("vector", "user_key")]
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(*columns).where(t.c.project_id == project_id, t.c.id == entry_id)
+        ).first()
+    if row is None:
+        raise NotFound(f"no knowledge-base entry {entry_id} in this project")
+    return _entry(row)
+
+
+def deactivate(engine: Engine, project_id: int, entry_id: int) -> None:
+    """Stop recalling an entry (it stays listed with ``active=False``)."""
+    t = models.kb_entries
+    with engine.begin() as conn:
+        done = conn.execute(
+            t.update()
+            .where(t.c.project_id == project_id, t.c.id == entry_id)
+            .values(active=False, updated_at=utcnow())
+        ).rowcount
+    if not done:
+        raise NotFound(f"no knowledge-base entry {entry_id} in this project")
+
+
+def recall(
+    engine: Engine,
+    embedder: Embedder,
+    project_id: int,
+    query: str,
+    *,
+    k: int = 3,
+    min_score: float = 0.0,
+) -> list[Recalled]:
+    """The ``k`` active entries whose query is closest to ``query`` (cosine, best first),
+    each scoring at least ``min_score`` (see the module docstring)."""
+    query = _text("query", query)
+    if not 1 <= k <= 50:
+        raise ConfigError("k must lie within 1-50", field="k")
+    t = models.kb_entries
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                t.c.id, t.c.query, t.c.answer, t.c.source, t.c.created_at, t.c.model, t.c.vector
+            ).where(t.c.project_id == project_id, t.c.active.is_(True))
+        ).all()
+    if not rows:
+        return []
+    stale = [r for r in rows if r.model != embedder.name or r.vector is None]
+    fresh = _reembed(engine, embedder, stale) if stale else {}
+    dim = int(embedder.dim)
+    keep: list[int] = []
+    blobs: list[bytes] = []
+    for n, row in enumerate(rows):
+        blob = fresh.get(int(row.id), row.vector)
+        if blob is not None and len(blob) == 4 * dim:  # another dim: a model not comparable
+            keep.append(n)
+            blobs.append(bytes(blob))
+    if not keep:
+        return []
+    matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keep), dim)
+    scores = matrix @ embedder.embed([query])[0]
+    order = np.argsort(-scores, kind="stable")[:k]
+    found = []
+    for j in order:
+        score = float(scores[j])
+        if score < min_score:
+            break
+        row = rows[keep[j]]
+        found.append(
+            Recalled(
+                id=int(row.id),
+                query=row.query,
+                answer=row.answer,
+                score=score,
+                source=row.source,
+                created_at=utc(row.created_at),
+            )
+        )
+    return found
+
+
+def _reembed(engine: Engine, embedder: Embedder, rows: Sequence[Any]) -> dict[int, bytes]:
+    """Embed again the entries of another model; store and return their vectors by id."""
+    matrix = embedder.embed([r.query for r in rows]).astype(np.float32)
+    out = {int(r.id): matrix[n].tobytes() for n, r in enumerate(rows)}
+    t = models.kb_entries
+    with engine.begin() as conn:
+        for entry_id, blob in out.items():
+            conn.execute(
+                t.update().where(t.c.id == entry_id).values(vector=blob, model=embedder.name)
+            )
+    return out
+
+
+def _latest_corrections(
+    conn: sa.Connection,
+    project_id: int,
+    interaction_ids: Iterable[str] | None,
+    since: dt.datetime | None,
+    limit: int,
+) -> list[Any]:
+    """The latest correction of each interaction (in the hot store), newest first."""
+    f, i = models.feedback, models.interactions
+    query = (
+        sa.select(
+            f.c.id,
+            f.c.interaction_id,
+            f.c.correction,
+            f.c.source,
+            f.c.user_id.label("feedback_user"),
+            i.c.user_id,
+            i.c.body,
+        )
+        .join(i, sa.and_(i.c.project_id == f.c.project_id, i.c.id == f.c.interaction_id))
+        .where(f.c.project_id == project_id, f.c.correction.is_not(None), f.c.correction != "")
+        .order_by(f.c.ts.desc(), f.c.id.desc())
+    )
+    if since is not None:
+        query = query.where(f.c.received_at >= since)
+    rows: list[Any] = []
+    if interaction_ids is None:
+        rows = list(conn.execute(query.limit(limit * 10)))
+    else:
+        ids = sorted(set(interaction_ids))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            rows.extend(conn.execute(query.where(f.c.interaction_id.in_(chunk))))
+    latest: dict[str, Any] = {}
+    for row in rows:
+        latest.setdefault(row.interaction_id, row)
+    return list(latest.values())[:limit]
+
+
+def from_corrections(
+    engine: Engine,
+    embedder: Embedder,
+    project_id: int,
+    interaction_ids: Iterable[str] | None = None,
+    *,
+    since: dt.datetime | None = None,
+    firing_id: int | None = None,
+    limit: int = 100,
+    dry_run: bool = False,
+) -> int:
+    """Turn the latest correction of each interaction (those of ``interaction_ids``, or those
+    corrected ``since``) into an entry: the interaction's input as the query, the correction
+    as the answer. Entries of an interaction's earlier corrections are deactivated. Returns
+    how many entries were written (in a dry run: would be)."""
+    if interaction_ids is None and since is None:
+        raise ConfigError("pass interaction_ids or since", field="interaction_ids")
+    t = models.kb_entries
+    with engine.connect() as conn:
+        found = [
+            (row, text)
+            for row in _latest_corrections(conn, project_id, interaction_ids, since, limit)
+            if (text := input_text(row.body)) is not None and text.strip()
+        ]
+    if dry_run or not found:
+        return len(found)
+    matrix = embedder.embed([text for _, text in found]).astype(np.float32)
+    now = utcnow()
+    with engine.begin() as conn:
+        secret = _secret(conn, project_id)
+        for n, (row, text) in enumerate(found):
+            who = row.user_id or row.feedback_user
+            _upsert(
+                conn,
+                {
+                    "project_id": project_id,
+                    "query": text,
+                    "answer": row.correction,
+                    "source": "review" if row.source == "reviewer" else "correction",
+                    "interaction_id": row.interaction_id,
+                    "feedback_id": row.id,
+                    "user_key": user_key(secret, who) if who else None,
+                    "model": embedder.name,
+                    "vector": matrix[n].tobytes(),
+                    "active": True,
+                    "firing_id": firing_id,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            conn.execute(
+                t.update()
+                .where(
+                    t.c.project_id == project_id,
+                    t.c.interaction_id == row.interaction_id,
+                    t.c.feedback_id != row.id,
+                    t.c.source != "manual",
+                )
+                .values(active=False, updated_at=now)
+            )
+    return len(found)
+
+
+class KnowledgeParams(pydantic.BaseModel):
+    """``kb_refresh:`` parameters of a rule."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    from_corrections: bool = True
+    max_entries: int = pydantic.Field(default=100, ge=1, le=10_000)
+
+
+class KnowledgeAction:
+    """Turn the corrections on the trigger's interactions into knowledge-base entries (a
+    per-event rule passes the corrected interaction: the fix is recallable at once)."""
+
+    name: ClassVar[str] = "kb_refresh"
+    Params: ClassVar[type[pydantic.BaseModel]] = KnowledgeParams
+
+    def __init__(self, params: KnowledgeParams, context: ActContext) -> None:
+        self.params = params
+        self.context = context
+
+    @classmethod
+    def _unit_test_params(cls) -> Sequence[dict[str, Any]]:
+        return [{}, {"from_corrections": False}, {"max_entries": 5}]
+
+    def run(self, trigger: Trigger, *, dry_run: bool = False) -> ActionResult:
+        """Write the entries (in a dry run: count them)."""
+        ids = list(dict.fromkeys(trigger.interaction_ids))
+        if not self.params.from_corrections or not ids:
+            return ActionResult(
+                action=self.name,
+                ok=True,
+                summary="no corrections to turn into entries",
+                details={"entries": 0},
+                dry_run=dry_run,
+            )
+        count = from_corrections(
+            self.context.engine,
+            self.context.embedder(),
+            trigger.project_id,
+            ids,
+            firing_id=trigger.firing_id,
+            limit=self.params.max_entries,
+            dry_run=dry_run,
+        )
+        verb = "would write" if dry_run else "wrote"
+        return ActionResult(
+            action=self.name,
+            ok=True,
+            summary=f"{verb} {count} knowledge-base entries from corrections",
+            details={"entries": count, "interaction_ids": ids[: self.params.max_entries]},
+            dry_run=dry_run,
+        )
