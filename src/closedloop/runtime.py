@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from closedloop.act.ab import ABEvaluator
 from closedloop.act.actions import ActContext, action_kinds
 from closedloop.act.engine import RuleEngine
 from closedloop.act.reindex import ReindexScanner
@@ -237,6 +238,7 @@ class Runtime:
         handlers["act"] = lambda job: self.rule_engine()(job)
         handlers["webhooks"] = WebhookSender(engine, settings)
         handlers["reindex"] = ReindexScanner(engine, settings)
+        handlers["ab"] = ABEvaluator(engine, settings)
         recurring = [
             *BUILTIN_RECURRING,
             Recurring(kind="enrich", every_seconds=settings.enrich_interval_seconds),
@@ -244,6 +246,7 @@ class Runtime:
             Recurring(kind="act", every_seconds=settings.act_interval_seconds),
             Recurring(kind="webhooks", every_seconds=settings.webhook_interval_seconds),
             Recurring(kind="reindex", every_seconds=settings.act_interval_seconds),
+            Recurring(kind="ab", every_seconds=settings.ab_interval_seconds),
             Recurring(kind="tier", every_seconds=settings.tier_interval_seconds),
             Recurring(kind="retention", every_seconds=settings.retention_interval_seconds),
         ]

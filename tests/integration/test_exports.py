@@ -287,6 +287,13 @@ def test_a_dpo_export_writes_to_s3_and_reads_back(
     pairs = _lines(result.files["train"], **moto_s3.options)
     assert len(pairs) == 4
     assert {p["chosen"][0]["content"] for p in pairs} >= {"Blue"}
+    # erasure reaches the file on S3 with the store's options (the lake's, as exports use)
+    import s3fs
+
+    runtime.lake.options.update(moto_s3.options)
+    receipt = runtime.erase_user(tenant.project_id, "u-2")
+    assert [e["url"] for e in receipt.exports] == [result.files["train"]]
+    assert not s3fs.S3FileSystem(**moto_s3.options).exists(result.files["train"])
 
 
 # -- routes ----------------------------------------------------------------------------------

@@ -113,9 +113,9 @@ ActionClass = Callable[..., Action]
 
 def _builtin() -> dict[str, Any]:
     # Imported here: each action module pulls in its own stage (webhooks, exports, prompts).
+    from closedloop.act.candidates import PromptCandidateAction
     from closedloop.act.datasets import ExportAction
     from closedloop.act.knowledge import KnowledgeAction
-    from closedloop.act.prompts import PromptCandidateAction
     from closedloop.act.review import ReviewAction
     from closedloop.act.webhooks.action import WebhookAction
 

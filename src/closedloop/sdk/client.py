@@ -35,6 +35,8 @@ from closedloop.sdk._transport import HttpTransport, SendOutcome, Transport
 from closedloop.sdk._worker import BackgroundWorker, FlushResult, WorkerParams
 from closedloop.sdk.context import current
 from closedloop.sdk.envelope import new_id
+from closedloop.sdk.prompts import PromptCache, ServedPrompt, embedded_fetch, http_fetch
+from closedloop.sdk.recall import Recalled, recall_embedded, recall_http
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -42,8 +44,10 @@ __all__ = [
     "feedback",
     "flush",
     "get_client",
+    "get_prompt",
     "init",
     "log_interaction",
+    "recall",
     "shutdown",
     "signal",
 ]
@@ -116,6 +120,8 @@ class Client:
         An ``httpx`` transport, for tests (``httpx.MockTransport``).
     params
         Queue, batch and retry sizes; the keyword arguments below override its fields.
+    prompt_refresh_seconds
+        How often :meth:`get_prompt` refreshes each prompt it has served (default 30 s).
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class Client:
         backoff_max: float | None = None,
         shutdown_timeout: float | None = None,
         embedded_settings: Mapping[str, Any] | None = None,
+        prompt_refresh_seconds: float = 30.0,
     ) -> None:
         self.api_key = api_key if api_key is not None else os.environ.get("CLOSEDLOOP_API_KEY")
         self.base_url = (
@@ -186,6 +193,9 @@ class Client:
             sender, self.mode = _Disabled(), "disabled"
         spool = Spool(Path(spool_path), max_bytes=spool_max_bytes) if spool_path else None
         self._worker = BackgroundWorker(sender, worker_params, spool=spool)
+        self.prompt_refresh_seconds = prompt_refresh_seconds
+        self._prompts: PromptCache | None = None
+        self._prompts_lock = threading.Lock()
 
     # -- events ----------------------------------------------------------------------------
 
@@ -333,6 +343,51 @@ class Client:
         )
         return self._emit("signal", body, id, timestamp)
 
+    def recall(self, query: str, *, k: int = 3, timeout: float = 0.5) -> list[Recalled]:
+        """The ``k`` knowledge-base entries closest to ``query``, best first; ``[]`` on any
+        failure or after ``timeout`` seconds (never raises; see :mod:`closedloop.sdk.recall`)."""
+        if self.mode == "http" and self.api_key:
+            return recall_http(self.base_url, self.api_key, query, k=k, timeout=timeout)
+        if self.mode != "embedded":
+            return []
+        transport: Any = self._worker.transport
+
+        def search() -> list[Recalled]:
+            from closedloop.act.knowledge import recall
+
+            runtime, key = transport._open()
+            found: list[Recalled] = recall(
+                runtime.engine, runtime.embedder(), key.project_id, query, k=max(1, min(k, 50))
+            )
+            return found
+
+        return recall_embedded(search, timeout=timeout)
+
+    def get_prompt(
+        self,
+        name: str,
+        *,
+        fallback: str | ServedPrompt,
+        user_id: str | None = None,
+        label: str = "production",
+    ) -> ServedPrompt:
+        """The version of prompt ``name`` to serve (to ``user_id``, sticky within a running A/B
+        test), from a cache refreshed in the background; ``fallback`` when it is unknown, the
+        server cannot be reached or the client is disabled. Never raises and never waits on
+        the server longer than half a second (see :mod:`closedloop.sdk.prompts`)."""
+        if self.mode == "disabled":
+            return PromptCache.fallback_for(name, fallback)
+        with self._prompts_lock:
+            if self._prompts is None:
+                fetch = (
+                    embedded_fetch(self._worker.transport)
+                    if self.mode == "embedded"
+                    else http_fetch(self.base_url, self.api_key or "")
+                )
+                self._prompts = PromptCache(fetch, refresh_seconds=self.prompt_refresh_seconds)
+            cache = self._prompts
+        return cache.get(name, fallback=fallback, user_id=user_id, label=label)
+
     # -- life ------------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> FlushResult:
@@ -341,6 +396,8 @@ class Client:
 
     def close(self, timeout: float | None = None) -> FlushResult:
         """Flush for at most ``timeout`` seconds and stop. Later events are dropped."""
+        if self._prompts is not None:
+            self._prompts.close()
         return self._worker.close(timeout)
 
     def stats(self) -> dict[str, Any]:
@@ -394,6 +451,22 @@ def feedback(*args: Any, **kwargs: Any) -> str:
 def signal(*args: Any, **kwargs: Any) -> str:
     """:meth:`Client.signal` on the global client."""
     return get_client().signal(*args, **kwargs)
+
+
+def recall(query: str, *, k: int = 3, timeout: float = 0.5) -> list[Recalled]:
+    """:meth:`Client.recall` on the global client."""
+    return get_client().recall(query, k=k, timeout=timeout)
+
+
+def get_prompt(
+    name: str,
+    *,
+    fallback: str | ServedPrompt,
+    user_id: str | None = None,
+    label: str = "production",
+) -> ServedPrompt:
+    """:meth:`Client.get_prompt` on the global client."""
+    return get_client().get_prompt(name, fallback=fallback, user_id=user_id, label=label)
 
 
 def flush(timeout: float = 5.0) -> FlushResult:

@@ -220,7 +220,9 @@ def erase_user(
     with engine.begin() as conn:
         held = exports_holding(conn, project_id, [user_key(secret, f) for f in sorted(forms)])
         for export in held:
-            fs, path = fsspec.core.url_to_fs(export.url)
+            # remote exports are written with the lake's storage options (credentials, endpoint)
+            options = lake.options if lake is not None and "://" in export.url else {}
+            fs, path = fsspec.core.url_to_fs(export.url, **options)
             if fs.exists(path):
                 fs.rm(path)
             receipt.exports.append({"kind": export.kind, "url": export.url, "rows": export.rows})
