@@ -95,38 +95,7 @@ def build_sample_events(n: int = 300, seed: int = 7) -> list[dict[str, Any]]:
             timestamp=when,
         )
         later = when + dt.timedelta(seconds=rng.uniform(2, 60))
-        reactions: list[tuple[Literal["feedback", "signal"], dict[str, Any]]] = []
-        add = reactions.append
-        if rng.random() < 0.15:  # thumbs, a little noisy
-            good = right if rng.random() < 0.9 else not right
-            add(("feedback", {"thumbs": 1 if good else -1, "user_id": user}))
-        if rng.random() < 0.05:
-            add(("feedback", {"rating": 5 if right else rng.choice([1, 2]), "user_id": user}))
-        if not right and rng.random() < 0.08:
-            fix = {
-                "correction": _answer(utterance.intent),
-                # personal data in feedback is redacted before it is stored
-                "comment": f"wrong topic, reach me at {user}@example.com",
-                "thumbs": -1,
-            }
-            add(("feedback", fix))
-        if right and rng.random() < 0.25:
-            add(("signal", {"kind": "copy", "text": output}))
-        if not right:
-            roll = rng.random()
-            if roll < 0.15:
-                add(("signal", {"kind": "edit", "text": _answer(utterance.intent)}))
-            elif roll < 0.35:
-                add(("signal", {"kind": "regenerate"}))
-            elif roll < 0.5:
-                again = rng.choice(by_intent[utterance.intent]).text
-                add(("signal", {"kind": "rephrase", "text": again}))
-            elif roll < 0.6:
-                add(("signal", {"kind": "abandon"}))
-        if rng.random() < 0.1:
-            add(("signal", {"kind": "click", "target": f"kb/{predicted}", "rank": 0}))
-        if rng.random() < 0.2:
-            add(("signal", {"kind": "dwell", "duration_ms": round(rng.uniform(500, 30000))}))
+        reactions = _reactions(rng, right, user, utterance, predicted, by_intent)
         follow = [
             make_event(t, {"interaction_id": interaction_id, **body}, timestamp=later)
             for t, body in reactions
@@ -138,6 +107,56 @@ def build_sample_events(n: int = 300, seed: int = 7) -> list[dict[str, Any]]:
             events.append(interaction)
             events.extend(follow)
     return events
+
+
+Reaction = tuple[Literal["feedback", "signal"], dict[str, Any]]
+
+
+def _reactions(
+    rng: random.Random,
+    right: bool,
+    user: str,
+    utterance: Utterance,
+    predicted: str,
+    by_intent: dict[str, list[Utterance]],
+) -> list[Reaction]:
+    """What a user does after an answer: mostly nothing; some thumbs (a little noisy), a few
+    corrections of wrong answers, many copies of right ones and edits, regenerations,
+    rephrasings or departures after wrong ones."""
+    reactions: list[Reaction] = []
+    output = _answer(predicted)
+    add = reactions.append
+    if rng.random() < 0.15:  # thumbs, a little noisy
+        good = right if rng.random() < 0.9 else not right
+        add(("feedback", {"thumbs": 1 if good else -1, "user_id": user}))
+    if rng.random() < 0.05:
+        add(("feedback", {"rating": 5 if right else rng.choice([1, 2]), "user_id": user}))
+    if not right and rng.random() < 0.08:
+        fix = {
+            "correction": _answer(utterance.intent),
+            # personal data in feedback is redacted before it is stored
+            "comment": f"wrong topic, reach me at {user}@example.com",
+            "thumbs": -1,
+        }
+        add(("feedback", fix))
+    if right and rng.random() < 0.25:
+        add(("signal", {"kind": "copy", "text": output}))
+    if not right:
+        roll = rng.random()
+        if roll < 0.15:
+            add(("signal", {"kind": "edit", "text": _answer(utterance.intent)}))
+        elif roll < 0.35:
+            add(("signal", {"kind": "regenerate"}))
+        elif roll < 0.5:
+            again = rng.choice(by_intent[utterance.intent]).text
+            add(("signal", {"kind": "rephrase", "text": again}))
+        elif roll < 0.6:
+            add(("signal", {"kind": "abandon"}))
+    if rng.random() < 0.1:
+        add(("signal", {"kind": "click", "target": f"kb/{predicted}", "rank": 0}))
+    if rng.random() < 0.2:
+        add(("signal", {"kind": "dwell", "duration_ms": round(rng.uniform(500, 30000))}))
+    return reactions
 
 
 def _free_port() -> int:
@@ -180,6 +199,8 @@ def run_demo(
     from closedloop.ingest.app import create_app
 
     public, secret = _keys(settings)
+    # the demo's alert receiver listens on the loopback interface: allowed for webhooks here
+    settings = settings.with_overrides(webhook_allow=[*settings.webhook_allow, "127.0.0.1/32"])
     port = port or _free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
@@ -243,7 +264,6 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
             "/v1/metrics", params={"by": "model", "measure": list(_DEMO_MEASURES)}, headers=auth
         ).json()["rows"]
         issues = client.get("/v1/issues", params={"limit": 5}, headers=auth).json()["issues"]
-        metrics = client.get("/metrics").text
     table = Table("event type", "sent", title="what the demo sent through POST /v1/events")
     for type_, count in sorted(sent.items()):
         table.add_row(type_, str(count))
@@ -291,6 +311,10 @@ def _send_and_show(base: str, public: str, secret: str, n: int, console: Console
         hits.add_row(f"{hit['score']:.3f}", hit["kind"], _short(hit["text"] or "", 70))
     console.print(hits)
     _print_issues(console, issues, analysis)
+    from closedloop.demo_act import act_loop
+
+    act_loop(base, secret, console, seed=n, n=8 * n)
+    metrics = httpx.get(f"{base}/metrics", timeout=30).text
     balance = [
         line
         for line in metrics.splitlines()

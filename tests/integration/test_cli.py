@@ -112,16 +112,23 @@ def test_demo_sends_the_sample_through_http_and_everything_is_stored(
 ) -> None:
     result = CliRunner().invoke(app, ["demo", "--interactions", "120"])
     assert result.exit_code == 0, result.output
-    assert _count(cli_env, "interactions") == 120
+    # the sample, then the users coming back after the rules fired (8 times as many)
+    assert _count(cli_env, "interactions") == 120 + 960
     assert _count(cli_env, "feedback") + _count(cli_env, "signals") > 0
-    assert "100 answered duplicate" in _text(result)
-    assert "rejected: 0" in _text(result)
-    assert "enrichment: 0 interactions waiting" in _text(result), "the worker enriched all"
+    text = _text(result)
+    assert "100 answered duplicate" in text
+    assert "rejected: 0" in text
+    assert "enrichment: 0 interactions waiting" in text, "the worker enriched all"
     assert _count(cli_env, "sessions") > 0
-    # Re-running the demo adds a fresh sample and keeps the old one.
+    # the loop: the rule fired, its webhook arrived signed, its effect was measured
+    assert "support-prompt-quality" in text and "signature verified" in text
+    assert "did support-prompt-quality fix prompt=support@4?" in text
+    assert _count(cli_env, "firings") >= 1 and _count(cli_env, "ab_tests") == 1
+    # Re-running the demo adds a fresh sample and keeps the old one; the rule is cooling.
     again = CliRunner().invoke(app, ["demo", "--interactions", "120"])
     assert again.exit_code == 0, again.output
-    assert _count(cli_env, "interactions") == 240
+    assert _count(cli_env, "interactions") == 2 * (120 + 960)
+    assert "held by cooldown" in _text(again)
 
 
 def test_db_upgrade_is_idempotent(cli_env: str) -> None:

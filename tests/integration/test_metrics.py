@@ -126,6 +126,22 @@ async def test_every_measure_over_all_interactions_matches_a_hand_count(
     assert quality.n == len(stored) and quality.value == pytest.approx(sum(stored) / len(stored))
 
 
+async def test_observed_quality_leaves_out_estimates_resting_on_the_prior_alone(
+    seeded: Analytics, tenant: Tenant, runtime: Runtime
+) -> None:
+    with runtime.engine.begin() as conn:  # i5 as if nothing had been seen of it
+        conn.exec_driver_sql(
+            "UPDATE interactions SET quality = 0.7, quality_basis = 'prior' WHERE id = 'i5'"
+        )
+        sql = "SELECT quality FROM interactions WHERE quality_basis IN ('explicit', 'implicit')"
+        evidenced = [q for (q,) in conn.exec_driver_sql(sql)]
+    m = metrics(seeded, tenant.project_id, measures=["quality", "observed_quality"])
+    observed = pick(m, "all", "observed_quality")
+    assert len(evidenced) == 4 and pick(m, "all", "quality").n == 5
+    assert observed.n == 4
+    assert observed.value == pytest.approx(sum(evidenced) / len(evidenced))
+
+
 async def test_segments_split_the_same_counts(seeded: Analytics, tenant: Tenant) -> None:
     by_model = metrics(seeded, tenant.project_id, by="model")
     assert set(by_model.segment) == {"m@1", "m@2", "(none)"}

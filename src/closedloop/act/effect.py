@@ -59,6 +59,9 @@ _Z = 1.959963984540054
 LOWER_IS_BETTER = frozenset(
     {"abandonment", "correction_rate", "latency_ms", "cost_usd", "issue_share"}
 )
+_MEANS = frozenset(
+    {"rating", "edit_similarity", "quality", "observed_quality", "latency_ms", "cost_usd"}
+)
 _BY_ALARM_MEASURE = {"thumbs": "positive_rate", "rating": "rating"}
 DEFAULT_WINDOW = 86400.0
 
@@ -218,7 +221,7 @@ def measure_scope(
         else _estimate(float("nan"), None, None, 0)
     )
     others = [r for r in rows if r["segment"] != target] if scope.by != "all" else []
-    rate = scope.measure not in ("rating", "edit_similarity", "quality", "latency_ms", "cost_usd")
+    rate = scope.measure not in _MEANS
     return {"segment": seg, "control": _pool(others, rate), "control_segments": len(others)}
 
 
@@ -274,7 +277,8 @@ def _ab_arms(
     started = test.started_at if test.started_at.tzinfo else test.started_at.replace(tzinfo=dt.UTC)
     until = test.ended_at or now
     until = until if until.tzinfo else until.replace(tzinfo=dt.UTC)
-    measure = scope.measure if scope.measure in ("positive_rate", "rating") else "quality"
+    # the arms are compared as the A/B test compares them: on evidence, never the bare prior
+    measure = scope.measure if scope.measure in ("positive_rate", "rating") else "observed_quality"
     frame = metrics(
         analytics, project_id, by="prompt", since=started, until=until, measures=[measure]
     )

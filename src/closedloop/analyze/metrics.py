@@ -29,6 +29,8 @@ measure                kind       definition
 ``edit_similarity``    mean       the ``edit_similarity`` measure (user edits of the output)
 ``abandonment``        rate       flagged ``abandon`` / interactions with a session
 ``quality``            mean       the quality estimate of the enrichment job
+``observed_quality``   mean       the estimate where it rests on evidence (feedback or
+                                  signals), not on the prior alone
 ``latency_ms``         mean       latency
 ``cost_usd``           mean       cost per interaction
 =====================  =========  ==============================================================
@@ -85,6 +87,7 @@ MEASURES: tuple[Measure, ...] = (
     Measure("edit_similarity", "mean", "edit", "edit_n"),
     Measure("abandonment", "rate", "abandoned", "in_session"),
     Measure("quality", "mean", "quality", "quality_n"),
+    Measure("observed_quality", "mean", "observed", "observed_n"),
     Measure("latency_ms", "mean", "latency", "latency_n"),
     Measure("cost_usd", "mean", "cost", "cost_n"),
 )
@@ -152,7 +155,8 @@ rows AS (
            fb.n_feedback, fb.thumbs, fb.rating, fb.corrected,
            {_MEASURE_OF.format(name="edit_similarity")} AS edit,
            {_MEASURE_OF.format(name="abandon")} AS abandoned,
-           i.session_id, i.quality, i.latency_ms, i.cost_usd
+           i.session_id, i.quality, i.latency_ms, i.cost_usd,
+           CASE WHEN i.quality_basis IN ('explicit', 'implicit') THEN i.quality END AS observed
     FROM interactions i LEFT JOIN fb ON fb.interaction_id = i.id {join}
     WHERE {window}
 )
@@ -168,6 +172,8 @@ SELECT segment, bucket,
        coalesce(sum(CASE WHEN session_id IS NOT NULL AND abandoned > 0 THEN 1 ELSE 0 END), 0)
            AS abandoned,
        count(quality) AS quality_n, sum(quality) AS quality, sum(quality * quality) AS quality_sq,
+       count(observed) AS observed_n, sum(observed) AS observed,
+           sum(observed * observed) AS observed_sq,
        count(latency_ms) AS latency_n, sum(latency_ms) AS latency,
            sum(latency_ms * latency_ms) AS latency_sq,
        count(cost_usd) AS cost_n, sum(cost_usd) AS cost, sum(cost_usd * cost_usd) AS cost_sq
