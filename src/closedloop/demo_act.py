@@ -47,6 +47,7 @@ rules:
   - name: corrections-to-knowledge-base
     when:
       event: {correction: true}
+    backfill: true                 # the corrections received before the rule, too
     actions:
       - kb_refresh: {}
 """

@@ -65,7 +65,7 @@ def _clear() -> None:
 
 
 def engine_of(runtime: Runtime) -> RuleEngine:
-    return RuleEngine(runtime.act_context(), KINDS)
+    return RuleEngine(runtime.act_context(), KINDS, event_settle_seconds=0)
 
 
 def rule(runtime: Runtime, tenant: Tenant, text: str) -> None:
@@ -90,6 +90,7 @@ rules:
   - name: corrections
     when:
       event: {thumbs: down, correction: true, prompt: support}
+    backfill: true
     actions:
       - record: {tag: kb}
 """
@@ -190,6 +191,7 @@ async def test_a_failing_action_is_recorded_and_the_others_still_run(
 rules:
   - name: both
     when: {event: {thumbs: down}}
+    backfill: true
     actions: [{explode: {}}, {record: {tag: after}}]
 """,
     )
@@ -217,7 +219,7 @@ async def test_a_dry_run_rule_records_its_firing_and_its_actions_change_nothing(
     rule(
         runtime,
         tenant,
-        "rules:\n  - {name: dry, when: {event: {thumbs: down}}, dry_run: true, "
+        "rules:\n  - {name: dry, when: {event: {thumbs: down}}, dry_run: true, backfill: true, "
         "actions: [{record: {}}]}\n",
     )
     engine_of(runtime).run(tenant.project_id)
@@ -304,20 +306,22 @@ async def test_held_out_segments_are_recorded_not_acted_on_and_are_the_rules_con
     put_rule(runtime.engine, tenant.project_id, spec)
     # prompts chosen so that both sides of the stable hash are present
     names = [f"p{k}" for k in range(40)]
+    t0 = utcnow().replace(microsecond=0) - dt.timedelta(hours=10)
+    fired_at = t0 + dt.timedelta(hours=1)
 
     def side(name: str) -> bool:
+        segment = f"prompt={name}@1"
         trigger = Trigger(
-            project_id=0, rule="low", kind="metric", segment=f"prompt={name}@1", fired_at=utcnow()
+            project_id=0, rule="low", kind="metric", segment=segment, fired_at=fired_at
         )
-        return held_out(spec, Found(trigger=trigger, dedup_key=""))
+        key = f"metric|{segment}|{fired_at.isoformat()}"
+        return held_out(spec, Found(trigger=trigger, dedup_key=key))
 
     held = [n for n in names if side(n)][:2]
     treated = [n for n in names if not side(n)][:2]
-    t0 = utcnow().replace(microsecond=0) - dt.timedelta(hours=10)
     for name in held + treated:
         await send(client, tenant, thumbs_events(t0, name, 3, 9, "before"))
     Enricher(runtime.engine).run()
-    fired_at = t0 + dt.timedelta(hours=1)
     stats = engine_of(runtime).run(tenant.project_id, now=fired_at)
     assert (stats.fired, stats.held_out) == (4, 2)
     assert sorted(r[1].segment for r in RAN) == sorted(f"prompt={n}@1" for n in treated)
@@ -347,3 +351,158 @@ def test_a_failing_rule_does_not_stop_the_others_and_the_job_says_so(
     engine = RuleEngine(runtime.act_context(), {"explode": Explode})
     with pytest.raises(JobError, match="corrections"):
         engine.run(tenant.project_id)
+
+
+# -- review fixes: streams, crashes, dry runs, bad input ------------------------------------
+
+
+async def test_a_new_event_rule_acts_on_what_arrives_from_then_on_unless_it_backfills(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    t = utcnow() - dt.timedelta(minutes=5)
+    old = [
+        at(t, "interaction", {"input": "q", "output": "a"}, "old"),
+        at(t, "feedback", {"interaction_id": "old", "thumbs": -1}, "f-old"),
+    ]
+    await send(client, tenant, old)
+    Enricher(runtime.engine).run()
+    rule(
+        runtime,
+        tenant,
+        "rules:\n  - {name: fresh, when: {event: {thumbs: down}}, actions: [{record: {}}]}\n"
+        "  - {name: history, when: {event: {thumbs: down}}, backfill: true, "
+        "actions: [{record: {tag: h}}]}\n",
+    )
+    engine = engine_of(runtime)
+    engine.run(tenant.project_id)
+    assert [(tag, r.snapshot["feedback_id"]) for tag, r, _ in RAN] == [("h", "f-old")]
+    await send(
+        client, tenant, [at(t, "feedback", {"interaction_id": "old", "thumbs": -1}, "f-new")]
+    )
+    Enricher(runtime.engine).run()
+    engine.run(tenant.project_id)
+    assert sorted((tag, r.snapshot["feedback_id"]) for tag, r, _ in RAN[1:]) == [
+        ("h", "f-new"),
+        ("x", "f-new"),
+    ]
+
+
+async def test_feedback_orphaned_then_joined_late_still_fires(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    from closedloop.enrich.job import EnrichParams
+
+    rule(runtime, tenant, EVENT_RULE)
+    engine = engine_of(runtime)
+    t = utcnow() - dt.timedelta(minutes=5)
+    feedback = {"interaction_id": "late", "thumbs": -1, "correction": "fix"}
+    await send(client, tenant, [at(t, "feedback", feedback, "f-orphan")])
+    Enricher(runtime.engine, EnrichParams(join_wait_seconds=0)).run()  # orphaned at once
+    engine.run(tenant.project_id)  # the cursor moves past it
+    body = {"input": "q", "output": "a", "prompt": {"name": "support"}}
+    await send(client, tenant, [at(t, "interaction", body, "late")])
+    Enricher(runtime.engine, EnrichParams(join_wait_seconds=0)).run()  # joined late
+    engine.run(tenant.project_id)
+    assert [r.snapshot["feedback_id"] for _, r, _ in RAN] == ["f-orphan"]
+    engine.run(tenant.project_id)
+    assert len(RAN) == 1  # and once only
+
+
+async def test_a_firing_whose_run_died_before_its_actions_gets_them_on_the_next_run(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    t = utcnow() - dt.timedelta(minutes=5)
+    await send(
+        client,
+        tenant,
+        [
+            at(t, "interaction", {"input": "q", "output": "a"}, "i1"),
+            at(t, "feedback", {"interaction_id": "i1", "thumbs": -1}, "f1"),
+        ],
+    )
+    Enricher(runtime.engine).run()
+    rule(
+        runtime,
+        tenant,
+        "rules:\n  - {name: r, when: {event: {thumbs: down}}, backfill: true, "
+        "actions: [{record: {}}]}\n",
+    )
+    engine = engine_of(runtime)
+
+    def die(action: Any, trigger: Trigger, *, dry_run: bool) -> ActionResult:
+        raise SystemExit("the process died")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RuleEngine, "_run_action", staticmethod(die))
+        with pytest.raises(SystemExit):
+            engine.run(tenant.project_id)
+    (firing,) = firings(runtime.engine, tenant.project_id)
+    assert firing["actions"] is None and RAN == []  # recorded, not acted on
+    engine.run(tenant.project_id)
+    (firing,) = firings(runtime.engine, tenant.project_id)
+    assert [a["ok"] for a in firing["actions"]] == [True]
+    assert len(RAN) == 1 and RAN[0][1].firing_id == firing["id"]
+
+
+async def test_a_rule_gone_live_after_a_dry_run_fires_for_real_on_the_same_issue(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    import json as _json
+
+    from closedloop.store import models
+
+    now = utcnow()
+    with runtime.engine.begin() as conn:
+        conn.execute(
+            models.clusters.insert().values(
+                project_id=tenant.project_id,
+                kind="issue",
+                id=1,
+                model="m",
+                name="refunds",
+                centroid=b"",
+                size=5,
+                state="open",
+                stats=_json.dumps({"impact": 3.0}),
+                created_at=now,
+                updated_at=now,
+                last_seen_at=now,
+            )
+        )
+    text = "rules:\n  - {name: i, when: {issue: open}, dry_run: %s, actions: [{record: {}}]}\n"
+    rule(runtime, tenant, text % "true")
+    engine = engine_of(runtime)
+    engine.run(tenant.project_id)
+    rule(runtime, tenant, text % "false")
+    engine.run(tenant.project_id)
+    assert [dry for _, _, dry in RAN] == [True, False]
+    assert [f["dry_run"] for f in firings(runtime.engine, tenant.project_id)] == [False, True]
+
+
+async def test_rule_routes_name_the_bad_field_and_report_failed_rules(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    bad_by = {
+        "when": {"metric": "quality", "by": "modle", "below": 0.5},
+        "actions": [{"review": {}}],
+    }
+    r = await client.put("/v1/rules/r", json=bad_by, headers=tenant.headers())
+    assert r.status_code == 400 and r.json()["field"] == "when.by", r.text
+    check = await client.post(
+        "/v1/rules/check",
+        content=b"rules:\n  - name: r\n    when: {metric: quality, by: modle, below: 0.5}\n"
+        b"    actions: [{review: {}}]\n",
+        headers={**tenant.headers(), "content-type": "application/yaml"},
+    )
+    assert check.json()["valid"] is False and check.json()["problems"][0]["line"] == 3
+    good = {"when": {"drift": "any"}, "actions": [{"review": {}}]}
+    r = await client.put("/v1/rules/ok", json=good, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    assert r.json()["created_at"].endswith("+00:00")  # aware on both backends
+    # a rule whose stored action kind is gone fails alone: the answer names it, not a 500
+    with runtime.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE rules SET spec = replace(spec, '\"review\"', '\"gone\"') WHERE name = 'ok'"
+        )
+    ran = await client.post("/v1/act", headers=tenant.headers())
+    assert ran.status_code == 200 and "ok" in ran.json()["errors"][0]

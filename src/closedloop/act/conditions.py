@@ -25,12 +25,21 @@ from closedloop.analyze.tracker import topic_table
 from closedloop.store import models
 from closedloop.store.olap import Analytics
 
-__all__ = ["Found", "drift_triggers", "event_triggers", "issue_triggers", "metric_triggers"]
+__all__ = [
+    "Found",
+    "drift_triggers",
+    "event_triggers",
+    "issue_triggers",
+    "metric_triggers",
+    "stream_head",
+]
 
 #: Interactions a trigger names for its actions (review tasks, knowledge-base entries).
 MAX_INTERACTIONS = 50
 #: Feedback rows an event rule reads per run.
 EVENT_BATCH = 2000
+#: Orphaned feedback an event rule remembers, to read again if it joins late.
+MAX_ORPHANS = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,41 +326,63 @@ def event_triggers(
     cond: EventCondition,
     now: dt.datetime,
     cursor: dict[str, Any],
+    *,
+    settle_seconds: float = 0.0,
 ) -> list[Found]:
     """Each feedback after the cursor that matches the filter, once joined to its interaction.
 
-    Feedback is read in arrival order; feedback still waiting for its interaction holds the
-    cursor back (it is read once the enrichment job joins or orphans it), so none is skipped.
+    Feedback is read in arrival order, only once it is ``settle_seconds`` old (its arrival time
+    is stamped just before its commit: a row stamped earlier may commit a little later).
+    Feedback still waiting for its interaction holds the cursor back; feedback the enrichment
+    job orphaned is remembered (the last :data:`MAX_ORPHANS`) and read again if it joins late.
     """
     f, i = models.feedback, models.interactions
     flt = cond.event
+    orphans = [str(o) for o in cursor.get("orphans", [])]
+    columns = (
+        f.c.id,
+        f.c.received_at,
+        f.c.interaction_id,
+        f.c.thumbs,
+        f.c.rating,
+        f.c.rating_min,
+        f.c.rating_max,
+        f.c.label,
+        f.c.correction,
+        f.c.comment,
+        f.c.source,
+        f.c.join_state,
+        i.c.prompt_name,
+        i.c.prompt_version,
+        i.c.model_name,
+        i.c.model_version,
+    )
+    joined = sa.and_(i.c.project_id == f.c.project_id, i.c.id == f.c.interaction_id)
+    late: list[Any] = []
     with engine.connect() as conn:
+        for start in range(0, len(orphans), 500):
+            late += conn.execute(
+                sa.select(*columns)
+                .outerjoin(i, joined)
+                .where(
+                    f.c.project_id == project_id,
+                    f.c.join_state == "joined",
+                    f.c.id.in_(orphans[start : start + 500]),
+                )
+            ).all()
         waiting = conn.execute(
             sa.select(sa.func.min(f.c.received_at)).where(
                 f.c.project_id == project_id, f.c.join_state == "pending"
             )
         ).scalar()
         query = (
-            sa.select(
-                f.c.id,
-                f.c.received_at,
-                f.c.interaction_id,
-                f.c.thumbs,
-                f.c.rating,
-                f.c.rating_min,
-                f.c.rating_max,
-                f.c.label,
-                f.c.correction,
-                f.c.comment,
-                f.c.source,
-                f.c.join_state,
-                i.c.prompt_name,
-                i.c.prompt_version,
-                i.c.model_name,
-                i.c.model_version,
+            sa.select(*columns)
+            .outerjoin(i, joined)
+            .where(
+                f.c.project_id == project_id,
+                f.c.join_state != "pending",
+                f.c.received_at <= now - dt.timedelta(seconds=settle_seconds),
             )
-            .outerjoin(i, sa.and_(i.c.project_id == f.c.project_id, i.c.id == f.c.interaction_id))
-            .where(f.c.project_id == project_id, f.c.join_state != "pending")
             .order_by(f.c.received_at, f.c.id)
             .limit(EVENT_BATCH)
         )
@@ -366,9 +397,15 @@ def event_triggers(
                 )
             )
         rows = conn.execute(query).all()
+    late_ids = {r.id for r in late}
+    remaining = [o for o in orphans if o not in late_ids]
+    remaining += [r.id for r in rows if r.join_state == "orphaned" and r.id not in remaining]
+    remaining = remaining[-MAX_ORPHANS:]
+    cursor = {**cursor, "orphans": remaining}
     found: list[Found] = []
-    for row in rows:
-        cursor = {"received_at": _aware(row.received_at).isoformat(), "id": row.id}
+    for row in [*late, *rows]:
+        if row.id not in late_ids:
+            cursor = {**cursor, "received_at": _aware(row.received_at).isoformat(), "id": row.id}
         if row.join_state != "joined" or not _event_matches(row, flt):
             continue
         prompt = row.prompt_name
@@ -402,9 +439,31 @@ def event_triggers(
             prompt=prompt,
         )
         found.append(Found(trigger=trigger, dedup_key=f"feedback|{row.id}", cursor=cursor))
-    if rows and (not found or found[-1].cursor != cursor):
+    if (rows or late) and (not found or found[-1].cursor != cursor):
         found.append(Found(trigger=_NO_TRIGGER, dedup_key="", cursor=cursor))
     return found
+
+
+def stream_head(engine: Engine, project_id: int, kind: str) -> dict[str, Any]:
+    """The cursor at the end of a stream now (``drift`` alarms or ``event`` feedback): where a
+    new rule starts, so that it acts on what arrives from then on."""
+    with engine.connect() as conn:
+        if kind == "drift":
+            a = models.drift_alarms
+            last = conn.execute(
+                sa.select(sa.func.max(a.c.id)).where(a.c.project_id == project_id)
+            ).scalar()
+            return {"alarm_id": int(last or 0)}
+        f = models.feedback
+        row = conn.execute(
+            sa.select(f.c.received_at, f.c.id)
+            .where(f.c.project_id == project_id, f.c.join_state != "pending")
+            .order_by(f.c.received_at.desc(), f.c.id.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return {"received_at": None}
+    return {"received_at": _aware(row.received_at).isoformat(), "id": row.id}
 
 
 def _event_matches(row: Any, flt: Any) -> bool:

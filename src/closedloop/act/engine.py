@@ -40,7 +40,7 @@ from closedloop.store import models
 from closedloop.store.db import single_flight, utcnow
 from closedloop.store.jobs import Job
 
-__all__ = ["EngineStats", "Evaluation", "RuleEngine"]
+__all__ = ["EngineStats", "Evaluation", "RuleEngine", "RulesFailed", "cooldown_of", "held_out"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,14 @@ class EngineStats:
     actions_failed: int = 0
     skipped: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+class RulesFailed(JobError):
+    """Some rules failed (the others ran): ``stats`` says what the run did and which failed."""
+
+    def __init__(self, stats: EngineStats) -> None:
+        super().__init__("; ".join(stats.errors))
+        self.stats = stats
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,12 +104,18 @@ class RuleEngine:
         What actions are built with (the store, settings, embedder, analytics).
     kinds
         The action kinds by name (:func:`closedloop.act.actions.action_kinds`).
+    event_settle_seconds
+        How old feedback must be before an event rule reads it (its arrival time is stamped
+        just before its commit, so a row stamped earlier can commit a little later).
     """
 
-    def __init__(self, context: ActContext, kinds: Mapping[str, Any]) -> None:
+    def __init__(
+        self, context: ActContext, kinds: Mapping[str, Any], *, event_settle_seconds: float = 5.0
+    ) -> None:
         self.context = context
         self.engine = context.engine
         self.kinds = dict(kinds)
+        self.event_settle_seconds = event_settle_seconds
 
     def __call__(self, job: Job) -> None:
         """The worker's ``act`` job."""
@@ -126,7 +140,7 @@ class RuleEngine:
                         logger.warning("rule %r of project %s failed: %s", rule.spec.name, pid, exc)
                         stats.errors.append(f"{rule.spec.name}: {exc}")
         if stats.errors:
-            raise JobError("; ".join(stats.errors))
+            raise RulesFailed(stats)
         return stats
 
     def _projects(self) -> list[int]:
@@ -159,7 +173,9 @@ class RuleEngine:
         if isinstance(cond, IssueCondition):
             return conditions.issue_triggers(self.engine, pid, spec.name, cond, now)
         assert isinstance(cond, EventCondition)
-        return conditions.event_triggers(self.engine, pid, spec.name, cond, now, state)
+        return conditions.event_triggers(
+            self.engine, pid, spec.name, cond, now, state, settle_seconds=self.event_settle_seconds
+        )
 
     def _actions(self, spec: RuleSpec) -> list[Action]:
         out = []
@@ -186,6 +202,7 @@ class RuleEngine:
                     f.c.project_id == rule.project_id,
                     f.c.rule_id == rule.id,
                     f.c.segment == segment,
+                    f.c.dry_run.is_(rule.spec.dry_run),
                 )
             ).scalar()
         return last is not None and _aware(last) > now - dt.timedelta(seconds=cooldown)
@@ -194,6 +211,19 @@ class RuleEngine:
         spec = rule.spec
         actions = self._actions(spec)
         state = dict(rule.state)
+        streams = isinstance(spec.condition, EventCondition | DriftCondition)
+        if streams and "started" not in state:
+            # a new rule acts on what arrives from now on, unless it asks to backfill
+            start = (
+                {}
+                if spec.backfill
+                else conditions.stream_head(self.engine, rule.project_id, spec.condition.kind)
+            )
+            state = {**start, "started": now.isoformat()}
+            with self.engine.begin() as conn:
+                save_rule_state(conn, rule.id, state)
+            rule = replace(rule, state=state)
+        self._resume(rule, actions, stats)
         for found in self.find(rule, now):
             if not conditions.is_marker(found):
                 if self.cooling(rule, found.trigger.segment, now):
@@ -230,12 +260,15 @@ class RuleEngine:
                 project_id=rule.project_id,
                 rule_id=rule.id,
                 rule_name=spec.name,
-                dedup_key=found.dedup_key,
+                dedup_key=("dry|" if spec.dry_run else "") + found.dedup_key,
                 segment=trigger.segment,
                 fired_at=now,
                 dry_run=spec.dry_run,
                 trigger=json.dumps(_trigger_json(trigger), default=str),
                 baseline=json.dumps(base, default=str),
+                # JSON null until the actions have run: a run that dies in between leaves it,
+                # and the next run of the rule runs them (see _resume)
+                actions="[]" if held else "null",
             )
             .on_conflict_do_nothing()
             .returning(f.c.id)
@@ -248,8 +281,43 @@ class RuleEngine:
         if held:  # the control: recorded with its baseline, not acted on
             stats.held_out += 1
             return
-        trigger = replace(trigger, firing_id=int(firing_id))
-        results = [self._run_action(a, trigger, dry_run=spec.dry_run) for a in actions]
+        self._act(replace(trigger, firing_id=int(firing_id)), actions, spec.dry_run, stats)
+
+    def _resume(self, rule: StoredRule, actions: list[Action], stats: EngineStats) -> None:
+        """Run the actions of this rule's firings that a run recorded and died before acting
+        on (runs hold the single-flight lock, so none is in progress)."""
+        f = models.firings
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(f.c.id, f.c.trigger, f.c.dry_run).where(
+                    f.c.project_id == rule.project_id,
+                    f.c.rule_id == rule.id,
+                    f.c.actions == "null",
+                )
+            ).all()
+        for row in rows:
+            data = json.loads(row.trigger)
+            trigger = Trigger(
+                project_id=rule.project_id,
+                rule=data["rule"],
+                kind=data["kind"],
+                segment=data["segment"],
+                fired_at=dt.datetime.fromisoformat(data["fired_at"]),
+                snapshot=data.get("snapshot") or {},
+                interaction_ids=tuple(data.get("interaction_ids") or ()),
+                issue_id=data.get("issue_id"),
+                prompt=data.get("prompt"),
+                firing_id=int(row.id),
+            )
+            self._act(trigger, actions, bool(row.dry_run), stats)
+
+    def _act(
+        self, trigger: Trigger, actions: list[Action], dry_run: bool, stats: EngineStats
+    ) -> None:
+        """Run the actions of a recorded firing and record their results."""
+        f = models.firings
+        firing_id = trigger.firing_id
+        results = [self._run_action(a, trigger, dry_run=dry_run) for a in actions]
         for result in results:
             if result.ok:
                 stats.actions_ok += 1
@@ -314,11 +382,11 @@ def cooldown_of(spec: RuleSpec) -> float:
 
 
 def held_out(spec: RuleSpec, found: conditions.Found) -> bool:
-    """Whether this trigger falls in the rule's hold-out share: decided by a stable hash of the
-    segment (the same segment is always held out or always treated), of the feedback for event
-    rules."""
+    """Whether this trigger falls in the rule's hold-out share: decided per firing by a stable
+    hash of the rule and the trigger's key (a segment at one time, an alarm, an issue in a
+    state, a feedback), so a rule on one segment is held out on some firings and acts on the
+    others."""
     if spec.holdout <= 0:
         return False
-    unit = found.dedup_key if found.trigger.kind == "event" else found.trigger.segment
-    digest = hashlib.blake2b(f"{spec.name}\x00{unit}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{spec.name}\x00{found.dedup_key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < spec.holdout

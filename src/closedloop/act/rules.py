@@ -48,7 +48,7 @@ from sqlalchemy.engine import Engine
 from closedloop.analyze.metrics import MEASURES
 from closedloop.errors import ConfigError, NotFound
 from closedloop.store import models
-from closedloop.store.db import utcnow
+from closedloop.store.db import utc, utcnow
 
 __all__ = [
     "DriftCondition",
@@ -113,6 +113,17 @@ class MetricCondition(_Strict):
     @classmethod
     def _seconds(cls, value: Any) -> float:
         return parse_duration(value)
+
+    @field_validator("by")
+    @classmethod
+    def _by(cls, value: str) -> str:
+        from closedloop.analyze.metrics import segment_sql
+
+        try:
+            segment_sql(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @field_validator("metric")
     @classmethod
@@ -199,12 +210,17 @@ class RuleSpec(_Strict):
     enabled: bool = True
     dry_run: bool = False
     effect_window_seconds: float | None = Field(default=None, alias="effect_window")
+    backfill: bool = Field(
+        default=False,
+        description="A new drift or event rule reads the alarms or feedback stored before it "
+        "(default: only what arrives from then on).",
+    )
     holdout: float = Field(
         default=0.0,
         ge=0.0,
         le=0.5,
         description="The share of triggers recorded but not acted on: the control that the "
-        "effect report measures against (by segment; by feedback for event rules).",
+        "effect report measures against (decided per firing).",
     )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -362,8 +378,8 @@ class StoredRule:
         return {
             "id": self.id,
             "source": self.source,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
+            "created_at": utc(self.created_at).isoformat(),
+            "updated_at": utc(self.updated_at).isoformat(),
             **self.spec.to_json(),
         }
 
@@ -470,7 +486,7 @@ def firings(
                 "id": int(row.id),
                 "rule": row.rule_name,
                 "segment": row.segment,
-                "fired_at": row.fired_at.isoformat(),
+                "fired_at": utc(row.fired_at).isoformat(),
                 "dry_run": bool(row.dry_run),
                 "trigger": json.loads(row.trigger),
                 "baseline": json.loads(row.baseline),

@@ -13,8 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from closedloop.act import rules as rules_mod
 from closedloop.act.actions import build_action
 from closedloop.act.effect import effect_report, rule_summaries
+from closedloop.act.engine import EngineStats, RulesFailed
 from closedloop.act.rules import RuleError, RuleSpec, apply_rules, error_loc, parse_rules
-from closedloop.errors import ConfigError
+from closedloop.errors import ConfigError, JobError
 from closedloop.ingest.deps import get_runtime, require_secret_key
 from closedloop.runtime import Runtime
 from closedloop.store.queries import instant
@@ -132,10 +133,20 @@ def test_rule(request: Request, key: Key, name: RuleName) -> dict[str, Any]:
     return safe
 
 
-@router.post("/act", summary="Evaluate the project's rules now (the worker does it regularly)")
+@router.post(
+    "/act",
+    summary="Evaluate the project's rules now (the worker does it regularly)",
+    description="`errors` names each rule that failed (the others still ran).",
+)
 def post_act(request: Request, key: Key) -> dict[str, Any]:
-    stats = get_runtime(request).rule_engine().run(key.project_id)
+    engine = get_runtime(request).rule_engine()
+    stats = EngineStats()
+    try:
+        stats = engine.run(key.project_id)
+    except JobError as exc:
+        stats = exc.stats if isinstance(exc, RulesFailed) else stats
     return {
+        "errors": stats.errors,
         "skipped": stats.skipped,
         "rules": stats.rules,
         "fired": stats.fired,
