@@ -122,8 +122,10 @@ async def test_a_candidate_learns_the_issue_corrections(
 
     built = build_candidate(engine, pid, "support", issue_id=7)
     assert list(built.examples) == [
-        {"input": "refund without receipt?", "output": "A receipt is required."},
-        {"input": "refund after 40 days?", "output": "No: refunds only within 30 days."},
+        {"input": "refund without receipt?", "output": "A receipt is required."}
+        | {"interaction_id": "i-2", "feedback_id": "f-2"},
+        {"input": "refund after 40 days?", "output": "No: refunds only within 30 days."}
+        | {"interaction_id": "i-1", "feedback_id": "f-1b"},
         {"input": "hi", "output": "Hello!"},
     ], "latest correction per interaction, newest first, then production's examples"
     assert (built.source, built.parent_version, built.template) == ("candidate", 1, "Answer: {q}")
@@ -269,8 +271,9 @@ async def test_the_routes(
     assert made.status_code == 201, made.text
     test_id = made.json()["test"]["id"]
     assert made.json()["candidate"]["examples"] == [
-        {"input": "refund?", "output": "Within 30 days."}
-    ]
+        {"input": "refund?", "output": "Within 30 days.", "interaction_id": "i-1"}
+        | {"feedback_id": "f-1"}
+    ], "the secret-key view shows where an example came from; apps are not served it"
     body = (await client.get("/v1/prompts/support/resolve", headers=public)).json()
     assert body["test"] == {
         "id": test_id,
@@ -374,3 +377,151 @@ def test_embedded_clients_are_served_through_the_database(
         )
     finally:
         client.close()
+
+
+async def test_an_issue_candidate_learns_only_the_corrections_of_its_prompt(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    registry.create_version(engine, pid, "support", "Support: {q}")
+    registry.create_version(engine, pid, "sales", "Sales: {q}")
+    sales = {"prompt": {"name": "sales", "version": "1"}}
+    await post(
+        client,
+        tenant,
+        interaction("i-1", "refund?", "1"),
+        interaction("s-1", "discount?", "1", **sales),
+        feedback("f-1", "i-1", correction="Within 30 days."),
+        feedback("f-s", "s-1", seconds=1, correction="No discounts."),
+    )
+    runtime.enricher.run()
+    make_issue(runtime, pid, 7, ["i-1", "s-1"])  # one issue covering both prompts
+    built = build_candidate(engine, pid, "support", issue_id=7)
+    assert [e["output"] for e in built.examples] == ["Within 30 days."], "no sales correction"
+    built = build_candidate(engine, pid, "sales", issue_id=7)
+    assert [e["output"] for e in built.examples] == ["No discounts."]
+
+
+async def test_examples_keep_their_sources_for_erasure_but_apps_never_see_them(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    manual = {"input": "hi", "output": "Hello!"}
+    registry.create_version(engine, pid, "support", "Answer: {q}", examples=[manual])
+    registry.create_version(engine, other_tenant.project_id, "support", "Other: {q}")
+    await post(
+        client,
+        tenant,
+        interaction("i-1", "refund?", "1"),
+        interaction("i-2", "receipt?", "1"),
+        feedback("f-1", "i-1", correction="Within 30 days."),
+        feedback("f-2", "i-2", seconds=1, correction="A receipt is required."),
+    )
+    runtime.enricher.run()
+    make_issue(runtime, pid, 7, ["i-1", "i-2"])
+    action = PromptCandidateAction(PromptCandidateParams(), runtime.act_context())
+    trigger = Trigger(
+        project_id=pid,
+        rule="bad-refunds",
+        kind="issue",
+        segment="issue=7",
+        fired_at=utcnow(),
+        issue_id=7,
+        prompt="support",
+    )
+    done = action.run(trigger)
+    assert done.ok, done.summary
+    learned = [
+        {"input": "receipt?", "output": "A receipt is required.", "interaction_id": "i-2"}
+        | {"feedback_id": "f-2"},
+        {"input": "refund?", "output": "Within 30 days.", "interaction_id": "i-1"}
+        | {"feedback_id": "f-1"},
+    ]
+    assert done.details["examples"] == learned
+    stored = registry.get(engine, pid, "support", label="candidate")
+    assert list(stored.examples) == [*learned, manual]
+
+    served = [{"input": e["input"], "output": e["output"]} for e in [*learned, manual]]
+    resolved = registry.resolve(engine, pid, "support")
+    assert resolved.candidate is not None and list(resolved.candidate.examples) == served
+    assert resolved.to_json()["test"]["candidate"]["examples"] == served
+    assert stored.served()["examples"] == served
+    r = await client.get("/v1/prompts/support/resolve", headers=tenant.headers("public"))
+    assert r.json()["test"]["candidate"]["examples"] == served
+    r = await client.get("/v1/prompts/support/resolve?label=candidate", headers=tenant.headers())
+    assert r.json()["production"]["examples"] == served
+
+    # erasure of the user behind i-1: its example leaves every version, the others stay
+    ab.promote(engine, pid, "support")
+    registry.create_version(engine, pid, "support", "Copy: {q}", examples=stored.examples)
+    with engine.begin() as conn:
+        assert registry.forget_examples(conn, pid, {"i-1", "unknown"}) == 2
+    by_version = {v.version: list(v.examples) for v in registry.versions(engine, pid, "support")}
+    assert by_version == {1: [manual], 2: [learned[0], manual], 3: [learned[0], manual]}
+    with engine.begin() as conn:
+        assert registry.forget_examples(conn, pid, {"i-1"}) == 0, "already gone"
+        assert registry.forget_examples(conn, pid, []) == 0
+        assert registry.forget_examples(conn, other_tenant.project_id, {"i-2"}) == 0
+    assert len(registry.get(engine, pid, "support", version=2).examples) == 2
+
+
+def test_a_crash_while_promoting_leaves_the_test_running(
+    runtime: Runtime, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    registry.create_version(engine, pid, "support", "v1 {q}")
+    registry.create_version(engine, pid, "support", "v2 {q}")
+    test = ab.start_test(engine, pid, "support", 2, share=0.2, settings=runtime.settings)
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the process died while moving the label")
+
+    monkeypatch.setattr(registry, "_put_label", crash)
+    with pytest.raises(RuntimeError):
+        ab.promote(engine, pid, "support")
+    monkeypatch.undo()
+    (after,) = ab.list_tests(engine, pid, "support")
+    assert after["state"] == "running", "the state change rolled back with the label move"
+    assert registry.labels(engine, pid, "support") == {"production": 1, "candidate": 2}
+    promoted = ab.promote(engine, pid, "support", test_id=test["id"])
+    assert promoted["state"] == "promoted"
+    assert registry.labels(engine, pid, "support") == {"production": 2}
+
+
+async def test_moving_production_by_hand_stops_the_running_test(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    for n in (1, 2, 3, 4):
+        registry.create_version(engine, pid, "support", f"v{n} {{q}}")
+    registry.create_version(engine, pid, "other", "o {q}")
+    registry.create_version(engine, pid, "other", "o2 {q}")
+    first = ab.start_test(engine, pid, "support", 2, share=0.2, settings=runtime.settings)
+    untouched = ab.start_test(engine, pid, "other", 2, share=0.2, settings=runtime.settings)
+    registry.set_label(engine, pid, "support", "production", 1)  # not a move: it stays
+    registry.set_label(engine, pid, "support", "staging", 3)  # not production: it stays
+    assert [t["state"] for t in ab.list_tests(engine, pid, "support")] == ["running"]
+
+    registry.set_label(engine, pid, "support", "production", 3)
+    (stopped,) = ab.list_tests(engine, pid, "support")
+    assert stopped["id"] == first["id"] and stopped["state"] == "stopped"
+    assert stopped["ended_at"] is not None
+    assert "production moved by hand from v1 to v3" in stopped["evidence"]["stopped_because"]
+    assert registry.labels(engine, pid, "support") == {"production": 3, "staging": 3}
+    assert registry.resolve(engine, pid, "support").candidate is None
+    assert ab.ABEvaluator(engine, runtime.settings).run(pid).tests == 1, "only the other test"
+    assert ab.list_tests(engine, pid, "other")[0]["id"] == untouched["id"]
+    assert ab.list_tests(engine, pid, "other")[0]["state"] == "running"
+
+    # through the route
+    second = ab.start_test(engine, pid, "support", 4, share=0.2, settings=runtime.settings)
+    r = await client.post(
+        "/v1/prompts/support/labels",
+        json={"label": "production", "version": 1},
+        headers=tenant.headers(),
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["labels"] == {"production": 1, "staging": 3}
+    latest = ab.list_tests(engine, pid, "support")[0]
+    assert latest["id"] == second["id"] and latest["state"] == "stopped"
+    assert "from v3 to v1" in latest["evidence"]["stopped_because"]

@@ -178,17 +178,18 @@ def _end(
     values: dict[str, Any] = {"state": state, "ended_at": utcnow()}
     if evidence is not None:
         values["evidence"] = json.dumps(dict(evidence))
+    # one transaction: a crash cannot leave a test promoted with production on the control
     with engine.begin() as conn:  # only one process ends a test
         done = conn.execute(
             t.update()
             .where(t.c.project_id == project_id, t.c.id == test["id"], t.c.state == "running")
             .values(**values)
         ).rowcount
-    if done:
-        version = int(test["candidate_version"])
-        if state == "promoted":
-            prompts.set_label(engine, project_id, test["prompt"], "production", version)
-        prompts.remove_label(engine, project_id, test["prompt"], "candidate", version=version)
+        if done:
+            version = int(test["candidate_version"])
+            if state == "promoted":
+                prompts._put_label(conn, project_id, test["prompt"], "production", version)
+            prompts._delete_label(conn, project_id, test["prompt"], "candidate", version=version)
     return bool(done)
 
 

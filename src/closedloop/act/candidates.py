@@ -1,8 +1,9 @@
 """Prompt candidates learned from corrections, and the ``prompt_candidate`` action.
 
 A *candidate* is the production version plus few-shot examples ``{"input", "output"}`` where
-the output is a user's correction: the corrections of an issue's interactions, or of the
-prompt's negatively rated interactions. :func:`closedloop.act.ab.start_test` serves it to a
+the output is a user's correction (stored with its ``interaction_id`` and ``feedback_id``,
+never served): the corrections of the prompt's interactions in an issue, or of its negatively
+rated interactions. :func:`closedloop.act.ab.start_test` serves it to a
 share of traffic, and :class:`closedloop.act.ab.ABEvaluator` promotes or rolls it back.
 """
 
@@ -44,6 +45,11 @@ def _input_of(body: str) -> str | None:
     return user_text(_interaction.decode(body).input)
 
 
+def _key(example: Mapping[str, Any]) -> str:
+    """What makes two examples the same: their input and output (not where they came from)."""
+    return json.dumps([example.get("input"), example.get("output")], sort_keys=True)
+
+
 def candidate_examples(
     engine: Engine,
     project_id: int,
@@ -52,14 +58,21 @@ def candidate_examples(
     issue_id: int | None = None,
     limit: int = 8,
 ) -> list[dict[str, Any]]:
-    """Few-shot examples ``{"input", "output": correction}``, most recent first, de-duplicated:
-    the latest correction of each interaction of issue ``issue_id`` or, without one, of each
-    negatively rated interaction (thumbs down or quality below 0.5) of ``prompt_name``."""
+    """Few-shot examples ``{"input", "output": correction, "interaction_id", "feedback_id"}``
+    of ``prompt_name``, most recent first, de-duplicated: the latest correction of each of its
+    interactions in issue ``issue_id`` or, without one, of each negatively rated one (thumbs
+    down or quality below 0.5). The ids let erasure find a user's text
+    (:func:`closedloop.act.prompts.forget_examples`); apps are never served them."""
     f, i, m = models.feedback, models.interactions, models.cluster_members
     query = (
-        sa.select(f.c.interaction_id, f.c.correction, f.c.ts, i.c.body)
+        sa.select(f.c.id, f.c.interaction_id, f.c.correction, f.c.ts, i.c.body)
         .join(i, sa.and_(i.c.project_id == f.c.project_id, i.c.id == f.c.interaction_id))
-        .where(f.c.project_id == project_id, f.c.correction.is_not(None), f.c.correction != "")
+        .where(
+            f.c.project_id == project_id,
+            i.c.prompt_name == prompt_name,  # an issue may span prompts: only this one's
+            f.c.correction.is_not(None),
+            f.c.correction != "",
+        )
         .order_by(f.c.ts.desc(), f.c.id.desc())
     )
     if issue_id is not None:
@@ -73,10 +86,7 @@ def candidate_examples(
         ).where(m.c.cluster_id == issue_id)
     else:
         # negatively rated: a correction alone rates it 0.1; not yet enriched counts too
-        query = query.where(
-            i.c.prompt_name == prompt_name,
-            sa.or_(i.c.quality.is_(None), i.c.quality < 0.5),
-        )
+        query = query.where(sa.or_(i.c.quality.is_(None), i.c.quality < 0.5))
     seen_interactions: set[str] = set()
     seen_pairs: set[str] = set()
     out: list[dict[str, Any]] = []
@@ -86,11 +96,11 @@ def candidate_examples(
                 continue  # an older correction of the same interaction
             seen_interactions.add(row.interaction_id)
             example = {"input": _input_of(row.body), "output": row.correction}
-            key = json.dumps(example, sort_keys=True)
+            key = _key(example)
             if key in seen_pairs:
                 continue
             seen_pairs.add(key)
-            out.append(example)
+            out.append({**example, "interaction_id": row.interaction_id, "feedback_id": row.id})
             if len(out) >= limit:
                 break
     return out
@@ -131,7 +141,7 @@ def build_candidate(
     merged: list[dict[str, Any]] = []
     seen: set[str] = set()
     for ex in [*new, *production.examples]:
-        key = json.dumps(ex, sort_keys=True)
+        key = _key(ex)
         if key not in seen:
             seen.add(key)
             merged.append(dict(ex))

@@ -6,7 +6,12 @@ first version of a name becomes ``production``. Events carry versions as strings
 serves ``str(version)`` and the A/B evaluation matches interactions on it.
 
 Candidates (a new version with examples from corrections) are built by
-:mod:`closedloop.act.candidates`.
+:mod:`closedloop.act.candidates`; their examples keep the ``interaction_id`` and ``feedback_id``
+they came from so that erasure can remove them (:func:`forget_examples`), and apps are served
+examples without them (:data:`SERVED_KEYS`).
+
+Moving ``production`` by hand stops the prompt's running A/B test in the same transaction: its
+control would otherwise be stale, and its evaluation could promote over the manual choice.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -29,6 +34,7 @@ __all__ = [
     "PromptVersion",
     "Resolved",
     "create_version",
+    "forget_examples",
     "get",
     "labels",
     "names",
@@ -42,6 +48,12 @@ __all__ = [
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 Source = Literal["manual", "candidate"]
+PROVENANCE_KEYS = ("interaction_id", "feedback_id")
+"""Keys of a stored example that say where it came from: kept for erasure, never served."""
+
+
+def _served_example(example: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in example.items() if k not in PROVENANCE_KEYS}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,11 +86,12 @@ class PromptVersion:
         }
 
     def served(self) -> dict[str, Any]:
-        """What the SDK serves: the version as the string interactions carry."""
+        """What the SDK serves: the version as the string interactions carry, and the examples
+        without the ids they came from."""
         return {
             "version": str(self.version),
             "template": self.template,
-            "examples": list(self.examples),
+            "examples": [_served_example(e) for e in self.examples],
             "config": dict(self.config),
         }
 
@@ -154,6 +167,7 @@ def _row_version(row: Any) -> PromptVersion:
 
 
 def _put_label(conn: Connection, project_id: int, name: str, label: str, version: int) -> None:
+    """Point ``label`` at ``version`` within the caller's transaction (no test is stopped)."""
     pl = models.prompt_labels
     where = sa.and_(pl.c.project_id == project_id, pl.c.name == name, pl.c.label == label)
     now = utcnow()
@@ -164,6 +178,55 @@ def _put_label(conn: Connection, project_id: int, name: str, label: str, version
             project_id=project_id, name=name, label=label, version=version, updated_at=now
         )
     )
+
+
+def _delete_label(
+    conn: Connection, project_id: int, name: str, label: str, *, version: int | None = None
+) -> bool:
+    """Remove ``label`` (only while it points at ``version``, if given) within the caller's
+    transaction; whether it was."""
+    pl = models.prompt_labels
+    where = [pl.c.project_id == project_id, pl.c.name == name, pl.c.label == label]
+    if version is not None:
+        where.append(pl.c.version == version)
+    return bool(conn.execute(pl.delete().where(*where)).rowcount)
+
+
+def _move_label(conn: Connection, project_id: int, name: str, label: str, version: int) -> None:
+    """Point ``label`` at ``version`` by hand: when ``production`` moves, the running A/B test
+    of ``name`` is stopped (its control is stale) and its ``candidate`` label removed."""
+    if label == "production":
+        pl, t = models.prompt_labels, models.ab_tests
+        current = conn.execute(
+            sa.select(pl.c.version).where(
+                pl.c.project_id == project_id, pl.c.name == name, pl.c.label == "production"
+            )
+        ).scalar()
+        if current is not None and current != version:
+            running = conn.execute(
+                sa.select(t.c.id, t.c.candidate_version, t.c.evidence).where(
+                    t.c.project_id == project_id, t.c.prompt == name, t.c.state == "running"
+                )
+            ).all()
+            now = utcnow()
+            for test in running:
+                evidence = {
+                    **json.loads(test.evidence or "{}"),
+                    "decision": "stopped",
+                    "stopped_because": f"production moved by hand from v{current} to "
+                    f"v{version} while the test ran against v{current}",
+                    "updated_at": now.isoformat(),
+                }
+                stopped = conn.execute(
+                    t.update()
+                    .where(t.c.id == test.id, t.c.state == "running")
+                    .values(state="stopped", ended_at=now, evidence=json.dumps(evidence))
+                ).rowcount
+                if stopped:
+                    _delete_label(
+                        conn, project_id, name, "candidate", version=test.candidate_version
+                    )
+    _put_label(conn, project_id, name, label, version)
 
 
 def create_version(
@@ -180,7 +243,8 @@ def create_version(
     label: str | None = None,
 ) -> PromptVersion:
     """Store the next version of ``name``; the first version of a name becomes
-    ``production``, and ``label`` (if given) points at the new one."""
+    ``production``, and ``label`` (if given) points at the new one (``production`` moved this
+    way stops the running test, as :func:`set_label` does)."""
     validate_name(name)
     if not isinstance(template, str) or not template.strip() or "\x00" in template:
         raise ConfigError("template must be a non-empty string without NUL", field="template")
@@ -221,7 +285,7 @@ def create_version(
                 if has_production is None:
                     _put_label(conn, project_id, name, "production", version)
                 if label is not None:
-                    _put_label(conn, project_id, name, label, version)
+                    _move_label(conn, project_id, name, label, version)
             break
         except sa.exc.IntegrityError:
             if attempt == 4:
@@ -305,30 +369,33 @@ def names(engine: Engine, project_id: int) -> list[dict[str, Any]]:
 
 
 def set_label(engine: Engine, project_id: int, name: str, label: str, version: int) -> None:
-    """Point ``label`` of ``name`` at ``version`` (which must exist)."""
+    """Point ``label`` of ``name`` at ``version`` (which must exist). Moving ``production``
+    to another version stops the prompt's running A/B test (state ``stopped``, the reason in
+    its evidence) in the same transaction."""
     validate_name(name)
     _validate_label(label)
     get(engine, project_id, name, version=version)  # NotFound if missing
     with engine.begin() as conn:
-        _put_label(conn, project_id, name, label, version)
+        _move_label(conn, project_id, name, label, version)
 
 
 def remove_label(
     engine: Engine, project_id: int, name: str, label: str, *, version: int | None = None
 ) -> bool:
     """Remove ``label`` (only while it points at ``version``, if given); whether it was."""
-    pl = models.prompt_labels
-    where = [pl.c.project_id == project_id, pl.c.name == name, pl.c.label == label]
-    if version is not None:
-        where.append(pl.c.version == version)
     with engine.begin() as conn:
-        return bool(conn.execute(pl.delete().where(*where)).rowcount)
+        return _delete_label(conn, project_id, name, label, version=version)
+
+
+def _for_apps(version: PromptVersion) -> PromptVersion:
+    return replace(version, examples=tuple(_served_example(e) for e in version.examples))
 
 
 def resolve(engine: Engine, project_id: int, name: str, *, label: str = "production") -> Resolved:
     """What to serve for ``name``: the ``label`` version and, for ``production``, the running
-    A/B test's candidate with its traffic share (raises :class:`NotFound`)."""
-    served = get(engine, project_id, name, label=label)
+    A/B test's candidate with its traffic share (raises :class:`NotFound`). Examples come
+    without the ids they were learned from."""
+    served = _for_apps(get(engine, project_id, name, label=label))
     if label != "production":
         return Resolved(name=name, label=label, version=served)
     t = models.ab_tests
@@ -341,7 +408,7 @@ def resolve(engine: Engine, project_id: int, name: str, *, label: str = "product
         ).first()
     if test is None:
         return Resolved(name=name, label=label, version=served)
-    candidate = get(engine, project_id, name, version=test.candidate_version)
+    candidate = _for_apps(get(engine, project_id, name, version=test.candidate_version))
     return Resolved(
         name=name,
         label=label,
@@ -350,3 +417,35 @@ def resolve(engine: Engine, project_id: int, name: str, *, label: str = "product
         share=float(test.share),
         test_id=int(test.id),
     )
+
+
+def _source(example: Mapping[str, Any]) -> str | None:
+    found = example.get("interaction_id")
+    return found if isinstance(found, str) else None
+
+
+def forget_examples(conn: Connection, project_id: int, interaction_ids: Collection[str]) -> int:
+    """Remove the examples learned from ``interaction_ids`` from every version of every prompt
+    of the project, within the caller's transaction; how many were removed (for erasure)."""
+    wanted = {str(i) for i in interaction_ids}
+    if not wanted:
+        return 0
+    p = models.prompts
+    rows = conn.execute(
+        sa.select(p.c.name, p.c.version, p.c.examples).where(
+            p.c.project_id == project_id, p.c.examples != "[]"
+        )
+    ).all()
+    removed = 0
+    for row in rows:
+        examples = json.loads(row.examples)
+        kept = [e for e in examples if not (isinstance(e, Mapping) and _source(e) in wanted)]
+        if len(kept) == len(examples):
+            continue
+        removed += len(examples) - len(kept)
+        conn.execute(
+            p.update()
+            .where(p.c.project_id == project_id, p.c.name == row.name, p.c.version == row.version)
+            .values(examples=json.dumps(kept))
+        )
+    return removed

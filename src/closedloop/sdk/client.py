@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -121,7 +122,8 @@ class Client:
     params
         Queue, batch and retry sizes; the keyword arguments below override its fields.
     prompt_refresh_seconds
-        How often :meth:`get_prompt` refreshes each prompt it has served (default 30 s).
+        How often :meth:`get_prompt` refreshes each prompt it has served (default 30 s); a
+        finite number above 0, else :class:`ValueError` here (never later, in ``get_prompt``).
     """
 
     def __init__(
@@ -148,6 +150,13 @@ class Client:
         embedded_settings: Mapping[str, Any] | None = None,
         prompt_refresh_seconds: float = 30.0,
     ) -> None:
+        refresh = prompt_refresh_seconds
+        number = isinstance(refresh, int | float) and not isinstance(refresh, bool)
+        if not number or not 0 < refresh < math.inf:  # NaN fails both comparisons
+            raise ValueError(
+                "prompt_refresh_seconds must be a finite number of seconds above 0 (e.g. 30), "
+                f"got {refresh!r}"
+            )
         self.api_key = api_key if api_key is not None else os.environ.get("CLOSEDLOOP_API_KEY")
         self.base_url = (
             base_url
@@ -377,15 +386,19 @@ class Client:
         the server longer than half a second (see :mod:`closedloop.sdk.prompts`)."""
         if self.mode == "disabled":
             return PromptCache.fallback_for(name, fallback)
-        with self._prompts_lock:
-            if self._prompts is None:
-                fetch = (
-                    embedded_fetch(self._worker.transport)
-                    if self.mode == "embedded"
-                    else http_fetch(self.base_url, self.api_key or "")
-                )
-                self._prompts = PromptCache(fetch, refresh_seconds=self.prompt_refresh_seconds)
-            cache = self._prompts
+        try:
+            with self._prompts_lock:
+                if self._prompts is None:
+                    fetch = (
+                        embedded_fetch(self._worker.transport)
+                        if self.mode == "embedded"
+                        else http_fetch(self.base_url, self.api_key or "")
+                    )
+                    self._prompts = PromptCache(fetch, refresh_seconds=self.prompt_refresh_seconds)
+                cache = self._prompts
+        except Exception as exc:  # never into the app: the fallback is served instead
+            logger.debug("closedloop could not start serving prompts: %r", exc)
+            return PromptCache.fallback_for(name, fallback)
         return cache.get(name, fallback=fallback, user_id=user_id, label=label)
 
     # -- life ------------------------------------------------------------------------------

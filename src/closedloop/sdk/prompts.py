@@ -1,11 +1,12 @@
 """Serving prompts from the registry without ever blocking the app on our server.
 
-:meth:`closedloop.sdk.client.Client.get_prompt` reads a local in-memory cache. One daemon
-thread fills it: the first call for a name asks the thread to fetch it and waits at most
-``first_wait`` seconds (0.5 by default) - a fast server is used at once, a slow or absent one
-costs that bound once and the fallback is served until the fetch succeeds. Afterwards the
-thread refreshes every known name every ``refresh_seconds`` (a failed fetch is retried after at
-most 5 s). Any failure (server down, 404, timeout, a bad answer) serves the last version
+:meth:`closedloop.sdk.client.Client.get_prompt` reads a local in-memory cache. The first
+call for a name starts its first fetch on a daemon thread of its own (so a slow name never
+holds the first load of another) and waits for it at most ``first_wait`` seconds (0.5 by
+default): a fast server is used at once, a slow or absent one costs that bound once - only to
+that call; later calls serve the fallback at once until the fetch succeeds. Afterwards one
+daemon thread refreshes every loaded name every ``refresh_seconds`` (a failed fetch is retried
+after at most 5 s). Any failure (server down, 404, timeout, a bad answer) serves the last version
 fetched or else the fallback, logged at debug level; nothing raises.
 
 Traffic is split stickily: a user is served the candidate of a running A/B test when
@@ -126,7 +127,7 @@ def _entry(name: str, body: Mapping[str, Any]) -> _Entry:
 
 
 class PromptCache:
-    """Prompts by (name, label), kept fresh by one daemon thread.
+    """Prompts by (name, label): first loads on a thread each, kept fresh by one daemon thread.
 
     Parameters
     ----------
@@ -135,7 +136,8 @@ class PromptCache:
     refresh_seconds
         How often each known name is fetched again (default 30).
     first_wait
-        The most a first call for a name waits for its fetch, in seconds (default 0.5).
+        The most the first call for a name waits for its first fetch, in seconds (default
+        0.5); later calls never wait.
     """
 
     def __init__(self, fetch: Fetch, *, refresh_seconds: float = 30.0, first_wait: float = 0.5):
@@ -146,6 +148,8 @@ class PromptCache:
         self.first_wait = first_wait
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._known: dict[tuple[str, str], threading.Event] = {}
+        # when each name is refreshed next: set once its first load has finished
+        self._due: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
@@ -157,7 +161,11 @@ class PromptCache:
             return
         with self._lock:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()  # after a fork the parent's thread is gone: start anew
+                if self._pid not in (0, os.getpid()):
+                    # after a fork the parent's threads are gone, first loads in flight too
+                    for key in self._known:
+                        self._due.setdefault(key, 0.0)
+                self._pid = os.getpid()
                 self._thread = threading.Thread(
                     target=self._loop, name="closedloop-prompts", daemon=True
                 )
@@ -177,19 +185,27 @@ class PromptCache:
         finally:
             self._known[key].set()
 
+    def _wait_after(self, ok: bool) -> float:
+        # a failure is retried sooner: the fallback should not last a whole period
+        return self.refresh_seconds if ok else min(self.refresh_seconds, _RETRY_SECONDS)
+
+    def _first_load(self, key: tuple[str, str]) -> None:
+        ok = self._refresh(key)
+        with self._lock:
+            self._due[key] = time.monotonic() + self._wait_after(ok)
+        self._wake.set()  # the refresh loop takes the name over
+
     def _loop(self) -> None:
-        next_refresh: dict[tuple[str, str], float] = {}
         while not self._closed:
             now = time.monotonic()
             with self._lock:
-                keys = list(self._known)
+                keys = [key for key, due in self._due.items() if due <= now]
             for key in keys:
-                if next_refresh.get(key, 0.0) <= now:
-                    ok = self._refresh(key)
-                    # a failure is retried sooner: the fallback should not last a whole period
-                    wait = self.refresh_seconds if ok else min(self.refresh_seconds, _RETRY_SECONDS)
-                    next_refresh[key] = time.monotonic() + wait
-            due = min(next_refresh.values(), default=now + self.refresh_seconds)
+                ok = self._refresh(key)
+                with self._lock:
+                    self._due[key] = time.monotonic() + self._wait_after(ok)
+            with self._lock:
+                due = min(self._due.values(), default=now + self.refresh_seconds)
             self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
 
@@ -210,10 +226,15 @@ class PromptCache:
                     first = key not in self._known
                     ready = self._known.setdefault(key, threading.Event())
                 self._ensure_thread()
-                if first:
-                    self._wake.set()
-                ready.wait(self.first_wait)
-                entry = self._entries.get(key)
+                if first:  # only the call that registered the name waits, and only once
+                    threading.Thread(
+                        target=self._first_load,
+                        args=(key,),
+                        name=f"closedloop-prompt-{name}",
+                        daemon=True,  # a fetch that never returns must not hold the exit
+                    ).start()
+                    ready.wait(self.first_wait)
+                    entry = self._entries.get(key)
             if entry is not None:
                 if entry.candidate is not None and user_id is not None:
                     if bucket(entry.test_id or 0, user_id) < entry.share:

@@ -226,3 +226,56 @@ def test_a_failed_refresh_keeps_serving_the_last_version_fetched() -> None:
         assert cache.get("support", fallback="fb").version == "1"
     finally:
         cache.close()
+
+
+def test_only_the_first_call_for_a_name_waits_and_a_slow_name_holds_no_other() -> None:
+    gate = threading.Event()  # the server never answers "a" while it is closed
+    fetched: list[str] = []
+
+    def fetch(name: str, label: str) -> dict[str, Any]:
+        fetched.append(name)
+        if name == "a":
+            gate.wait(60)
+            raise OSError("timed out")
+        return {**resolve_body(), "name": name}
+
+    cache = PromptCache(fetch, refresh_seconds=30, first_wait=0.01)
+    try:
+        assert cache.get("a", fallback="fb").variant == "fallback"
+        cache.first_wait = 3600.0  # a later call that waited would hang here, not pass
+        later: list[ServedPrompt] = []
+        caller = threading.Thread(
+            target=lambda: later.extend(cache.get("a", fallback="fb") for _ in range(20)),
+            daemon=True,
+        )
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive(), "later calls for a name still being fetched do not wait"
+        assert [s.variant for s in later] == ["fallback"] * 20
+        # "a" is still blocked: the first loads of the other names do not queue behind it
+        cache.first_wait = 0.0
+        for name in ("b", "c", "d"):
+            served = eventually(
+                lambda name=name: cache.get(name, fallback="fb"), lambda s: s.variant != "fallback"
+            )
+            assert (served.variant, served.version) == ("production", "1"), name
+        assert not gate.is_set() and fetched.count("a") == 1
+    finally:
+        gate.set()
+        cache.close()
+
+
+def test_a_refresh_period_that_is_not_positive_is_refused_at_construction() -> None:
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="prompt_refresh_seconds"):
+            sdk.Client("cl_sk_test", "http://127.0.0.1:9", prompt_refresh_seconds=bad)
+
+
+def test_a_cache_that_cannot_be_built_serves_the_fallback() -> None:
+    client = sdk.Client("cl_sk_test", "http://127.0.0.1:9")
+    try:
+        client.prompt_refresh_seconds = 0  # changed after construction: the cache refuses it
+        served = client.get_prompt("support", fallback="fb")
+        assert (served.variant, served.template) == ("fallback", "fb")
+    finally:
+        client.close(timeout=0.1)
