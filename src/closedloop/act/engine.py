@@ -224,12 +224,13 @@ class RuleEngine:
                 save_rule_state(conn, rule.id, state)
             rule = replace(rule, state=state)
         self._resume(rule, actions, stats)
+        baselines: dict[str, dict[str, Any]] = {}  # one per scope: every trigger shares `now`
         for found in self.find(rule, now):
             if not conditions.is_marker(found):
                 if self.cooling(rule, found.trigger.segment, now):
                     stats.cooled += 1
                 else:
-                    self._fire(rule, found, actions, now, stats)
+                    self._fire(rule, found, actions, now, stats, baselines)
             if found.cursor is not None:
                 state.update(found.cursor)
                 with self.engine.begin() as conn:
@@ -242,13 +243,18 @@ class RuleEngine:
         actions: list[Action],
         now: dt.datetime,
         stats: EngineStats,
+        baselines: dict[str, dict[str, Any]],
     ) -> None:
         spec, trigger = rule.spec, found.trigger
         scope = scope_of(trigger, spec)
-        try:
-            base = baseline(self.context.analytics(), self.engine, rule.project_id, scope, now)
-        except ClosedLoopError as exc:  # the firing still happens; its effect is unmeasured
-            base = {"error": str(exc)}
+        key = json.dumps(scope.to_json(), sort_keys=True)
+        if key not in baselines:
+            try:
+                analytics = self.context.analytics()
+                baselines[key] = baseline(analytics, self.engine, rule.project_id, scope, now)
+            except ClosedLoopError as exc:  # the firing still happens; its effect unmeasured
+                baselines[key] = {"error": str(exc)}
+        base = dict(baselines[key])
         held = held_out(spec, found)
         if held:
             base["held_out"] = True

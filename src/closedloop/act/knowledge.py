@@ -260,11 +260,11 @@ def recall(
     if not 1 <= k <= 50:
         raise ConfigError("k must lie within 1-50", field="k")
     t = models.kb_entries
-    with engine.connect() as conn:
+    with engine.connect() as conn:  # the vectors to score; the texts of the best k after
         rows = conn.execute(
-            sa.select(
-                t.c.id, t.c.query, t.c.answer, t.c.source, t.c.created_at, t.c.model, t.c.vector
-            ).where(t.c.project_id == project_id, t.c.active.is_(True))
+            sa.select(t.c.id, t.c.model, t.c.vector).where(
+                t.c.project_id == project_id, t.c.active.is_(True)
+            )
         ).all()
     if not rows:
         return []
@@ -283,30 +283,41 @@ def recall(
     matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keep), dim)
     scores = matrix @ embedder.embed([query])[0]
     order = np.argsort(-scores, kind="stable")[:k]
-    found = []
-    for j in order:
-        score = float(scores[j])
-        if score < min_score:
-            break
-        row = rows[keep[j]]
-        found.append(
-            Recalled(
-                id=int(row.id),
-                query=row.query,
-                answer=row.answer,
-                score=score,
-                source=row.source,
-                created_at=utc(row.created_at),
+    best = {int(rows[keep[j]].id): float(scores[j]) for j in order if scores[j] >= min_score}
+    if not best:
+        return []
+    with engine.connect() as conn:
+        texts = {
+            int(r.id): r
+            for r in conn.execute(
+                sa.select(t.c.id, t.c.query, t.c.answer, t.c.source, t.c.created_at).where(
+                    t.c.project_id == project_id, t.c.id.in_(list(best))
+                )
             )
+        }
+    return [
+        Recalled(
+            id=entry_id,
+            query=texts[entry_id].query,
+            answer=texts[entry_id].answer,
+            score=score,
+            source=texts[entry_id].source,
+            created_at=utc(texts[entry_id].created_at),
         )
-    return found
+        for entry_id, score in best.items()  # best first: the dict keeps the order
+        if entry_id in texts  # deactivated in between
+    ]
 
 
 def _reembed(engine: Engine, embedder: Embedder, rows: Sequence[Any]) -> dict[int, bytes]:
     """Embed again the entries of another model; store and return their vectors by id."""
-    matrix = embedder.embed([r.query for r in rows]).astype(np.float32)
-    out = {int(r.id): matrix[n].tobytes() for n, r in enumerate(rows)}
     t = models.kb_entries
+    ids = [int(r.id) for r in rows]
+    with engine.connect() as conn:
+        queries = dict(conn.execute(sa.select(t.c.id, t.c.query).where(t.c.id.in_(ids))).all())
+    ids = [i for i in ids if i in queries]
+    matrix = embedder.embed([queries[i] for i in ids]).astype(np.float32)
+    out = {entry_id: matrix[n].tobytes() for n, entry_id in enumerate(ids)}
     with engine.begin() as conn:
         for entry_id, blob in out.items():
             conn.execute(

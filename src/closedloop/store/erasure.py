@@ -92,6 +92,58 @@ def _select_ids(conn: sa.Connection, column: Any, where: Any, values: Iterable[s
     return found
 
 
+def _mentioning(column: Any, key: str, ids: Sequence[str]) -> Any:
+    """Rows whose JSON text in ``column`` holds ``"key": "<id>"`` for one of ``ids``."""
+    return sa.or_(*[column.contains(f"{json.dumps(key)}: {json.dumps(i)}") for i in ids])
+
+
+def _scrub_actions(
+    conn: sa.Connection, project_id: int, interaction_ids: set[str], feedback_ids: set[str]
+) -> dict[str, int]:
+    """The user's words that the act stage copied: a rule firing's snapshot of their feedback,
+    the results of actions that quoted their interactions (a prompt candidate's examples), the
+    webhooks carrying their feedback (deleted while not yet delivered, emptied after), and the
+    few-shot examples of prompt versions."""
+    from closedloop.act.prompts import forget_examples
+
+    fr, wd = models.firings, models.webhook_deliveries
+    firings = deliveries = 0
+    for chunk in _chunks(sorted(feedback_ids)):
+        mine = sa.and_(
+            fr.c.project_id == project_id, _mentioning(fr.c.trigger, "feedback_id", chunk)
+        )
+        for row in conn.execute(sa.select(fr.c.id, fr.c.trigger).where(mine)).all():
+            trigger = json.loads(row.trigger)
+            trigger["snapshot"] = {"erased": True}
+            conn.execute(fr.update().where(fr.c.id == row.id).values(trigger=json.dumps(trigger)))
+            firings += 1
+        theirs = sa.and_(
+            wd.c.project_id == project_id, _mentioning(wd.c.payload, "feedback_id", chunk)
+        )
+        deliveries += int(
+            conn.execute(wd.delete().where(theirs, wd.c.state != "delivered")).rowcount or 0
+        )
+        deliveries += int(
+            conn.execute(
+                wd.update().where(theirs, wd.c.state == "delivered").values(payload="{}")
+            ).rowcount
+            or 0
+        )
+    for chunk in _chunks(sorted(interaction_ids)):
+        quoted = sa.and_(
+            fr.c.project_id == project_id, _mentioning(fr.c.actions, "interaction_id", chunk)
+        )
+        for row in conn.execute(sa.select(fr.c.id, fr.c.actions).where(quoted)).all():
+            results = json.loads(row.actions) or []
+            for result in results:
+                if any(json.dumps(i) in json.dumps(result.get("details")) for i in chunk):
+                    result["details"] = {"erased": True}
+            conn.execute(fr.update().where(fr.c.id == row.id).values(actions=json.dumps(results)))
+            firings += 1
+    examples = forget_examples(conn, project_id, interaction_ids)
+    return {"firings": firings, "webhook_deliveries": deliveries, "prompt_examples": examples}
+
+
 def _delete(conn: sa.Connection, table: sa.Table, where: Any, values: Iterable[str]) -> int:
     items = sorted(set(values))
     return sum(
@@ -400,6 +452,7 @@ def _delete_hot(
             )
             for chunk in _chunks(sorted(interaction_ids))
         )
+        hot.update(_scrub_actions(conn, project_id, interaction_ids, feedback_ids))
         # topic and issue memberships, and the examples that showed the user's inputs (a
         # cluster's centroid and keywords are aggregates, renewed when it next changes)
         m, cl = models.cluster_members, models.clusters
