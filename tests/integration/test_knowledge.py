@@ -248,7 +248,7 @@ async def test_a_document_tied_to_three_bad_answers_is_flagged_once_and_announce
     _rag(runtime, tenant, 1, ["kb-2"], 1, "good")
     _rag(runtime, tenant, 2, ["kb-5"], -1, "meh")
     runtime.enricher.run()
-    scanner = reindex.ReindexScanner(runtime.engine, runtime.settings)
+    scanner = reindex.ReindexScanner(runtime.engine, runtime.settings, settle_seconds=1.0)
     later = utcnow() + dt.timedelta(seconds=30)
 
     assert scanner.run(tenant.project_id, now=later) == 2  # kb-17 and kb-2; kb-5 has 2
@@ -280,3 +280,27 @@ async def test_a_document_tied_to_three_bad_answers_is_flagged_once_and_announce
     assert r.status_code == 200 and r.json()["state"] == "reindexed"
     r = await client.get("/v1/knowledge/reindex", params={"state": "bogus"}, headers=h)
     assert r.status_code == 400 and r.json()["field"] == "state"
+
+
+def test_rows_an_enrichment_pass_commits_after_a_scan_with_smaller_ids_are_counted(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    # One pass stamps every row with its start T and commits session chunks one by one: the
+    # chunk of z-* commits, a scan runs, then the chunk of a-0 commits - same T, smaller id.
+    _rag(runtime, tenant, 2, ["kb-9"], -1, "z")
+    _rag(runtime, tenant, 1, ["kb-9"], -1, "a")
+    runtime.enricher.run()
+    i = models.interactions
+    with runtime.engine.begin() as conn:
+        stamped = conn.execute(sa.select(i.c.enriched_at).where(i.c.id == "a-0")).scalar_one()
+        conn.execute(i.update().values(enriched_at=stamped))  # one pass: one T
+        conn.execute(i.update().where(i.c.id == "a-0").values(enriched_at=None))  # uncommitted
+    pass_start = utcnow()
+    scanner = reindex.ReindexScanner(runtime.engine, runtime.settings)  # the service's settle
+    assert scanner.run(tenant.project_id, now=pass_start + dt.timedelta(seconds=30)) == 0
+
+    with runtime.engine.begin() as conn:  # the later chunk commits, stamped T
+        conn.execute(i.update().where(i.c.id == "a-0").values(enriched_at=stamped))
+    assert scanner.run(tenant.project_id, now=pass_start + dt.timedelta(minutes=10)) == 1
+    (flag,) = reindex.flags(runtime.engine, tenant.project_id)
+    assert flag["doc_id"] == "kb-9" and sorted(flag["examples"]) == ["a-0", "z-0", "z-1"]

@@ -291,3 +291,62 @@ def test_the_cli_queues_claims_and_answers_and_keeps_the_knowledge_base(
     assert "refund" in out.output
     out = runner.invoke(app, ["kb", "flags", *kb, "--state", "bogus"])
     assert out.exit_code == 1 and "--state" in out.output
+
+
+async def test_a_users_feedback_under_a_guessable_id_never_becomes_the_reviewers_answer(
+    runtime: Runtime, tenant: Tenant, client: httpx.AsyncClient
+) -> None:
+    (i,) = _interactions(runtime, tenant, 1)
+    task_id = review.create_task(runtime.engine, tenant.project_id, interaction_id=i)
+    for guess in (f"review-{task_id}", f"review-{task_id}-0"):
+        user = make_event("feedback", {"interaction_id": i, "thumbs": 1, "comment": "mine"})
+        r = await client.post(
+            "/v1/events", json={"events": [{**user, "id": guess}]}, headers=tenant.headers("public")
+        )
+        assert r.status_code in (200, 202), r.text
+    r = await client.post(
+        f"/v1/review/tasks/{task_id}/answer",
+        json={"reviewer": "ann", "correction": "The reviewer's fix."},
+        headers=tenant.headers(),
+    )
+    assert r.status_code == 200, r.text
+    task = r.json()
+    assert task["answer"] == {"correction": "The reviewer's fix."}
+    assert task["feedback_id"] not in (f"review-{task_id}", f"review-{task_id}-0")
+    with runtime.engine.connect() as conn:
+        source = conn.execute(
+            sa.select(models.feedback.c.source).where(models.feedback.c.id == task["feedback_id"])
+        ).scalar_one()
+    assert source == "reviewer"
+
+
+async def test_an_answer_whose_feedback_id_is_taken_fails_and_leaves_the_task_open(
+    runtime: Runtime, tenant: Tenant, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    (i,) = _interactions(runtime, tenant, 1)
+    task_id = review.create_task(runtime.engine, tenant.project_id, interaction_id=i)
+    fixed = uuid.UUID(int=7)
+    monkeypatch.setattr(uuid, "uuid4", lambda: fixed)  # the one id the answer will take
+    taken = [f"review-{task_id}-{fixed.hex}", f"review-{task_id}"]  # the new and the old form
+    _ingest(
+        runtime,
+        tenant,
+        [make_event("feedback", {"interaction_id": i, "comment": "mine"}, id=t) for t in taken],
+    )
+    url = f"/v1/review/tasks/{task_id}/answer"
+    answer = {"reviewer": "ann", "label": "wrong"}
+    r = await client.post(url, json=answer, headers=tenant.headers())
+    assert r.status_code == 409, r.text
+    assert r.json()["field"] == "task_id" and "again" in r.json()["detail"]
+    task = review.get_task(runtime.engine, tenant.project_id, task_id)
+    assert task.state == "open" and task.answer is None and task.feedback_id is None
+
+    monkeypatch.undo()
+    r = await client.post(url, json=answer, headers=tenant.headers())
+    assert r.status_code == 200 and r.json()["answer"] == {"label": "wrong"}, r.text
+    r = await client.post(url, json=answer, headers=tenant.headers())  # closed: 409, a field
+    assert r.status_code == 409 and r.json()["field"] == "task_id", r.text
+    r = await client.post(f"/v1/review/tasks/{task_id}/skip", headers=tenant.headers())
+    assert r.status_code == 409 and r.json()["field"] == "task_id", r.text

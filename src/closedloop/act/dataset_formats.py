@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import posixpath
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -358,13 +359,40 @@ def _scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
-def check_url(url: str, export_dir: Path | str, *, lake_url: str | None = None) -> str:
+def _normalised(url: str, options: Mapping[str, Any]) -> tuple[frozenset[str], str]:
+    """The protocol family and the normalised path fsspec would write ``url`` to (``s3a://``
+    and ``s3://`` are one store; ``bucket//lake`` is ``bucket/lake``)."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **options)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"url: {exc}; install the store's fsspec package", field="url") from exc
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return frozenset(protocols), posixpath.normpath("/" + str(path)).lstrip("/")
+
+
+def _inside(url: str, lake_url: str, options: Mapping[str, Any]) -> bool:
+    family, path = _normalised(url, options)
+    lake_family, lake = _normalised(lake_url, options)
+    # a path prefix ends at a "/": s3://bucket/lakehouse is not inside s3://bucket/lake
+    return bool(family & lake_family) and (path == lake or path.startswith(lake.rstrip("/") + "/"))
+
+
+def check_url(
+    url: str,
+    export_dir: Path | str,
+    *,
+    lake_url: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> str:
     """``url`` if an API caller may write there: a folder under ``export_dir`` (relative
     paths are taken from it), or an object-store URL (:data:`REMOTE_SCHEMES`) outside the
-    lake. Anything else could let a caller write anywhere on the server's disk."""
+    lake (compared as fsspec resolves both with ``storage_options``, the lake's). Anything
+    else could let a caller write anywhere on the server's disk, or into the lake."""
     scheme = _scheme(url)
+    options = dict(storage_options or {})
     if scheme in REMOTE_SCHEMES:
-        if lake_url and url.rstrip("/").startswith(lake_url.rstrip("/")):
+        url = f"{scheme}://{url.split('://', 1)[1]}"  # fsspec knows s3://, not S3://
+        if lake_url and _inside(url, lake_url, options):
             raise ConfigError("url lies inside the lake; choose another prefix", field="url")
         return url
     if scheme != "file":
@@ -382,6 +410,8 @@ def check_url(url: str, export_dir: Path | str, *, lake_url: str | None = None) 
             "(CLOSEDLOOP_EXPORT_DIR); send a relative path or an s3:// URL",
             field="url",
         )
+    if lake_url and _inside(str(target), lake_url, options):
+        raise ConfigError("url lies inside the lake; choose another folder", field="url")
     return str(target)
 
 

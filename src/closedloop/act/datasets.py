@@ -462,7 +462,12 @@ class ExportAction:
         export_dir = settings.resolved_export_dir()
         url = p.url
         if url is not None:  # rules come through the API too: the same limits
-            url = check_url(url, export_dir, lake_url=settings.resolved_lake_url())
+            url = check_url(
+                url,
+                export_dir,
+                lake_url=settings.resolved_lake_url(),
+                storage_options=settings.lake_options,
+            )
         result = export_dataset(
             self.context.analytics(),
             trigger.project_id,

@@ -5,6 +5,13 @@ whose quality is below ``settings.negative_quality`` - from feedback or signals,
 bare prior - and counts them per retrieved document; a document reaching
 ``settings.reindex_min_negatives`` is flagged once, and every enabled webhook endpoint of the
 project is sent ``closedloop.document.flagged`` through the durable outbox.
+
+The scan resumes after an ``(enriched_at, id)`` watermark, so a row must never commit behind
+it. An enrichment pass stamps all its rows with the pass's start time and commits them session
+chunk by session chunk (not in id order): a scan between two of its commits would move the
+watermark to ``(T, largest id so far)`` and never count the later chunk's smaller ids. Rows are
+therefore read only once they are :data:`SETTLE_SECONDS` old - longer than a pass lasts (the
+enricher's time budget plus a wide margin), as :mod:`closedloop.store.vectors.job` does.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from closedloop.enrich.job import EnrichParams
 from closedloop.errors import ConfigError, NotFound
 from closedloop.store import models
 from closedloop.store.db import utc, utcnow
@@ -25,7 +33,7 @@ if TYPE_CHECKING:
     from closedloop.settings import Settings
     from closedloop.store.jobs import Job
 
-__all__ = ["FLAGGED_EVENT", "ReindexScanner", "flags", "mark_reindexed"]
+__all__ = ["FLAGGED_EVENT", "SETTLE_SECONDS", "ReindexScanner", "flags", "mark_reindexed"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,9 @@ _EXAMPLES = 5
 _COUNTED = 20_000  # interactions remembered as counted (a re-enriched one is not counted again)
 _PENDING_DOCS = 50_000  # documents with negatives below the threshold, remembered
 FLAGGED_EVENT = "closedloop.document.flagged"
+#: Age of an enriched row before a scan reads it: an enrichment pass's time budget (20 s) plus
+#: 100 s for a pass that runs past it and for clocks of several servers that disagree.
+SETTLE_SECONDS = EnrichParams().time_budget_seconds + 100.0
 
 
 def _retrieved(body: str) -> list[str]:
@@ -93,8 +104,9 @@ class ReindexScanner:
     settings
         ``negative_quality`` and ``reindex_min_negatives`` are read.
     settle_seconds
-        Interactions enriched in the last few seconds wait for the next run (a concurrent
-        enrichment may still commit rows stamped before them).
+        Interactions enriched more recently wait for a later run: a running enrichment pass
+        may still commit rows stamped with its start time (see the module docstring). Tests
+        set it small; in service it must exceed the longest enrichment pass.
     batch
         Interactions read per query.
     """
@@ -104,9 +116,11 @@ class ReindexScanner:
         engine: Engine,
         settings: Settings,
         *,
-        settle_seconds: float = 5.0,
+        settle_seconds: float = SETTLE_SECONDS,
         batch: int = 2000,
     ) -> None:
+        if settle_seconds < 0:
+            raise ConfigError("settle_seconds must not be negative", field="settle_seconds")
         self.engine = engine
         self.settings = settings
         self.settle_seconds = settle_seconds

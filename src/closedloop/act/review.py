@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -365,7 +366,11 @@ def answer(
     task = get_task(engine, project_id, task_id)
     if task.state != "open":
         raise TaskClosed(f"review task {task_id} is {task.state}: it cannot be answered again")
-    feedback_id = f"review-{task_id}" if task.interaction_id is not None else None
+    # Unguessable: any key that sends feedback (a browser's public key too) could take a
+    # predictable id first, and the reviewer's answer would then be a silent duplicate.
+    feedback_id = None
+    if task.interaction_id is not None:
+        feedback_id = f"review-{task_id}-{uuid.uuid4().hex}"
     now = utcnow()
     # Claimed first (one answer wins), ingested next, undone if the ingest refuses it.
     with engine.begin() as conn:
@@ -428,15 +433,23 @@ def _ingest_answer(
     if outcome.status in ("rejected", "dropped"):
         field = (outcome.field or "body").removeprefix("body.")
         raise ConfigError(f"{field}: {outcome.message}", field=field)
+    if outcome.status != "stored":  # a duplicate is someone else's row, not this answer
+        raise ActionError(
+            f"the reviewer feedback id {feedback_id} was already taken; answer the task again"
+        )
     f = models.feedback
     with runtime.engine.connect() as conn:
         row = conn.execute(
             sa.select(
                 f.c.label, f.c.rating, f.c.rating_min, f.c.rating_max, f.c.correction, f.c.comment
-            ).where(f.c.project_id == key.project_id, f.c.id == feedback_id)
+            ).where(
+                f.c.project_id == key.project_id,
+                f.c.id == feedback_id,
+                f.c.source == "reviewer",
+            )
         ).first()
-    if row is None:  # pragma: no cover - stored or duplicate means the row is there
-        raise ActionError("the reviewer feedback was not stored; answer again")
+    if row is None:  # pragma: no cover - stored means the reviewer's row is there
+        raise ActionError("the reviewer feedback was not stored; answer the task again")
     return {k: v for k, v in row._mapping.items() if v is not None}
 
 

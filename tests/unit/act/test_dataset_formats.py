@@ -146,3 +146,42 @@ def test_api_urls_stay_under_the_export_folder_or_go_to_an_object_store(tmp_path
         assert refused.value.field == "url", bad
     with pytest.raises(ConfigError):
         check_url("s3://lake/closedloop/interactions", root, lake_url="s3://lake/closedloop")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bucket/lake",
+        "s3://bucket/lake/",
+        "s3a://bucket/lake/project=2/x",  # fsspec writes s3a:// to the same S3 path
+        "s3://bucket//lake/project=2/x",
+        "S3://bucket/lake/project=2/x",
+        "s3://bucket/./lake/x",
+    ],
+)
+def test_no_spelling_of_a_lake_url_lets_an_export_into_the_lake(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        check_url(url, tmp_path, lake_url="s3://bucket/lake/")
+    assert refused.value.field == "url" and "lake" in str(refused.value)
+
+
+def test_urls_beside_the_lake_are_accepted_with_the_lakes_options(tmp_path: Path) -> None:
+    lake = "s3://bucket/lake"
+    for url in ("s3://bucket/lakehouse/x", "s3://bucket/other", "s3://other/lake/x"):
+        assert check_url(url, tmp_path, lake_url=lake) == url
+        assert check_url(url, tmp_path, lake_url=lake, storage_options={"anon": True}) == url
+    assert check_url("S3A://bucket/ds", tmp_path, lake_url=lake) == "s3a://bucket/ds"
+    assert check_url("s3://bucket/lake/x", tmp_path, lake_url=str(tmp_path / "lake")).startswith(
+        "s3://"
+    )  # a local lake is another store
+
+
+def test_a_local_export_folder_is_never_the_local_lake(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    for url in ("lake/x", "lake", f"file://{lake}//x", str(lake) + "/./y"):
+        with pytest.raises(ConfigError) as refused:
+            check_url(url, tmp_path, lake_url=str(lake))
+        assert refused.value.field == "url", url
+    assert check_url("lakehouse", tmp_path, lake_url=f"file://{lake}") == str(
+        (tmp_path / "lakehouse").resolve()
+    )

@@ -65,7 +65,12 @@ async def post_export(request: Request, key: Key, body: ExportRequest) -> Any:
     export_dir = settings.resolved_export_dir()
     url = body.url
     if url is not None:
-        url = check_url(url, export_dir, lake_url=settings.resolved_lake_url())
+        url = check_url(
+            url,
+            export_dir,
+            lake_url=settings.resolved_lake_url(),
+            storage_options=settings.lake_options,
+        )
     filters = ExportFilters.model_validate(body.model_dump(include=set(ExportFilters.model_fields)))
 
     def run() -> dict[str, Any]:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from closedloop.act import review
-from closedloop.errors import ConfigError, NotFound
+from closedloop.errors import ActionError, ConfigError, NotFound
 from closedloop.events import LIMITS
 from closedloop.ingest.deps import get_runtime, require_secret_key
+from closedloop.ingest.problems import problem
 from closedloop.store import queries
 from closedloop.types import ProjectKey
 
@@ -29,7 +30,10 @@ Id = Annotated[str, Field(min_length=1, max_length=LIMITS.id_length)]
 Text = Annotated[str, Field(max_length=LIMITS.text_length)]
 State = Literal["open", "done", "skipped"]
 _CONFLICT: dict[int | str, dict[str, Any]] = {
-    409: {"description": "The task was already answered or skipped."}
+    409: {
+        "description": "The task was already answered or skipped (or, rarely, the answer "
+        "could not be recorded: answer again)."
+    }
 }
 
 
@@ -72,6 +76,11 @@ class Answer(BaseModel):
     comment: Text | None = None
 
 
+def _conflict(exc: ActionError, field: str) -> Response:
+    """An :class:`ActionError` (the app maps none) as a 409 problem naming ``field``."""
+    return problem(409, "Conflict", str(exc), field=field)
+
+
 def _no_nul(**values: str | None) -> None:
     for field, value in values.items():
         if value is not None and "\x00" in value:
@@ -100,18 +109,21 @@ def list_tasks(
     description="An interaction with an open task keeps it: its id is answered.",
     responses={404: {"description": "No such interaction in this project."}},
 )
-def create_task(request: Request, key: Key, body: NewTask) -> dict[str, Any]:
+def create_task(request: Request, key: Key, body: NewTask) -> Any:
     _no_nul(interaction_id=body.interaction_id, reason=body.reason)
     engine = get_runtime(request).engine
     with engine.connect() as conn:
         queries.get_interaction(conn, key.project_id, body.interaction_id)  # 404 if not ours
-    task_id = review.create_task(
-        engine,
-        key.project_id,
-        interaction_id=body.interaction_id,
-        priority=body.priority,
-        reason=body.reason,
-    )
+    try:
+        task_id = review.create_task(
+            engine,
+            key.project_id,
+            interaction_id=body.interaction_id,
+            priority=body.priority,
+            reason=body.reason,
+        )
+    except ActionError as exc:
+        return _conflict(exc, "interaction_id")
     return review.get_task(engine, key.project_id, task_id).to_json()
 
 
@@ -150,7 +162,7 @@ def next_task(request: Request, key: Key, body: Reviewer) -> Any:
     "keeps the feedback's id.",
     responses=_CONFLICT,
 )
-async def answer_task(request: Request, key: Key, task_id: TaskId, body: Answer) -> dict[str, Any]:
+async def answer_task(request: Request, key: Key, task_id: TaskId, body: Answer) -> Any:
     _no_nul(
         reviewer=body.reviewer, label=body.label, correction=body.correction, comment=body.comment
     )
@@ -172,8 +184,8 @@ async def answer_task(request: Request, key: Key, task_id: TaskId, body: Answer)
 
     try:
         task = await run_in_threadpool(run)
-    except review.TaskClosed as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    except ActionError as exc:  # TaskClosed, or the answer could not be recorded
+        return _conflict(exc, "task_id")
     return task.to_json()
 
 
@@ -182,13 +194,11 @@ async def answer_task(request: Request, key: Key, task_id: TaskId, body: Answer)
     summary="Skip a task (it leaves the queue unanswered)",
     responses=_CONFLICT,
 )
-def skip_task(
-    request: Request, key: Key, task_id: TaskId, body: Reviewer | None = None
-) -> dict[str, Any]:
+def skip_task(request: Request, key: Key, task_id: TaskId, body: Reviewer | None = None) -> Any:
     reviewer = body.reviewer if body is not None else None
     _no_nul(reviewer=reviewer)
     try:
         task = review.skip(get_runtime(request).engine, key.project_id, task_id, reviewer=reviewer)
-    except review.TaskClosed as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+    except ActionError as exc:  # TaskClosed
+        return _conflict(exc, "task_id")
     return task.to_json()
