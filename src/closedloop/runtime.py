@@ -320,7 +320,11 @@ class Runtime:
         """The rules job over this process's store and actions."""
         with self._embedder_lock:
             if self._rule_engine is None:
-                self._rule_engine = RuleEngine(self.act_context(), self.action_kinds())
+                self._rule_engine = RuleEngine(
+                    self.act_context(),
+                    self.action_kinds(),
+                    event_settle_seconds=self.settings.act_event_settle_seconds,
+                )
             return self._rule_engine
 
     def analytics(self) -> Analytics:

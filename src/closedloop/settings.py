@@ -279,6 +279,13 @@ class Settings(BaseSettings):
         gt=0,
         description="How often rules are evaluated and their actions run, in seconds (default 30).",
     )
+    act_event_settle_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How old feedback must be before an event rule reads it, in seconds "
+        "(default 5: its arrival time is stamped just before its commit, so a row stamped "
+        "earlier can commit a little later).",
+    )
     webhook_interval_seconds: float = Field(
         default=2.0,
         gt=0,

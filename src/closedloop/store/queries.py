@@ -133,6 +133,8 @@ def _event(row: Row[Any]) -> dict[str, Any]:
         )
     if "join_state" in fields:
         out["join"] = {"state": row.join_state, "reason": row.orphan_reason}
+    if "source" in fields:  # a feedback's source, also when its body left the default out
+        out["source"] = row.source
     return out
 
 
