@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     export_dir: Path | None = Field(
         default=None, description="Folder of exported files; default <data_dir>/exports."
     )
+    export_url: str | None = Field(
+        default=None,
+        description="Object-store folder (e.g. s3://bucket/exports, written with lake_options) "
+        "for exports made through the API and rules; each project writes under "
+        "<export_url>/<project>/. Default: the export directory.",
+    )
     tier_interval_seconds: float = Field(
         default=3600.0,
         gt=0,

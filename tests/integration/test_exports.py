@@ -316,7 +316,8 @@ async def test_post_exports_answers_201_with_the_files(
     body = answer.json()
     assert body["rows"] == {"train": 5, "validation": 0} and body["written"]
     export_dir = runtime.settings.resolved_export_dir().resolve()
-    assert body["files"]["train"] == str(export_dir / "mine" / "ft" / "train.jsonl")
+    # a caller's url is a folder under the project's own export folder
+    assert body["files"]["train"] == str(export_dir / "acme" / "mine" / "ft" / "train.jsonl")
     text = Path(body["files"]["train"]).read_text()
     assert "marmot" not in text  # the other tenant's rows are never exported
     listed = await client.get("/v1/exports", headers=tenant.headers())
@@ -336,7 +337,13 @@ async def test_post_exports_refuses_a_bad_kind_a_path_outside_and_the_public_key
         "/v1/exports", json={"kind": "dpo", "colour": 1}, headers=tenant.headers()
     )
     assert unknown.status_code == 400 and unknown.json()["field"] == "colour"
-    for url in (str(tmp_path / "elsewhere"), "../../escape", "http://example.com/x"):
+    for url in (
+        str(tmp_path / "elsewhere"),
+        "../../escape",
+        "../globex/x",  # another project's folder
+        "http://example.com/x",
+        "s3://bucket/anywhere",  # object stores only through CLOSEDLOOP_EXPORT_URL
+    ):
         outside = await client.post(
             "/v1/exports", json={"kind": "dpo", "url": url}, headers=tenant.headers()
         )
@@ -355,12 +362,29 @@ async def test_post_exports_answers_502_when_the_bucket_cannot_be_written(
 ) -> None:
     _seed(runtime, tenant)
     runtime.settings.lake_options.update(moto_s3.options)
-    bucketless = "s3://no-such-bucket-7f3a/exports"
+    runtime.settings = runtime.settings.with_overrides(export_url="s3://no-such-bucket-7f3a/x")
     answer = await client.post(
-        "/v1/exports", json={"kind": "dpo", "url": bucketless}, headers=tenant.headers()
+        "/v1/exports", json={"kind": "dpo", "url": "weekly"}, headers=tenant.headers()
     )
     assert answer.status_code == 502, answer.text
     assert answer.json()["field"] == "url"
+
+
+async def test_post_exports_write_under_the_projects_folder_of_the_export_url(
+    runtime: Runtime, tenant: Tenant, client: httpx.AsyncClient, moto_s3: S3Store
+) -> None:
+    _seed(runtime, tenant)
+    runtime.settings.lake_options.update(moto_s3.options)
+    runtime.settings = runtime.settings.with_overrides(export_url=f"{moto_s3.url}/exports")
+    answer = await client.post(
+        "/v1/exports",
+        json={"kind": "dpo", "url": "weekly", "validation_share": 0},
+        headers=tenant.headers(),
+    )
+    assert answer.status_code == 201, answer.text
+    train = answer.json()["files"]["train"]
+    assert train == f"{moto_s3.url}/exports/acme/weekly/train.jsonl"
+    assert len(_lines(train, **moto_s3.options)) == 4
 
 
 # -- the command line ------------------------------------------------------------------------

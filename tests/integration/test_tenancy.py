@@ -1,31 +1,38 @@
 """The cross-tenant matrix: no key of one project reads, or writes into, another project.
 
-Project A (``acme``) holds interactions, feedback and signals; project B (``globex``) holds
+Project A (``acme``) holds interactions, feedback and signals, and for the Act routes one
+object of each kind (rule, firing, webhook endpoint and delivery, review task, export, prompt
+with a running A/B test, knowledge-base entry, flagged document); project B (``globex``) holds
 nothing. Every route of the app (enumerated from the app itself, so a new endpoint cannot
 escape) is called with B's secret key, B's public key, A's public key and no key against A's
 objects. Object reads answer 404 or 401, indistinguishable from a missing object; scoped lists
 answer B's (empty) data or 401; no body carries A's data. Writes with B's keys land in B's
-project and never attach to A's interactions. A's own secret key gets 200 on every call, so
-the matrix cannot pass because authentication is broken.
+project and never attach to, or change, A's objects. A's own secret key gets 2xx on every
+call, so the matrix cannot pass because authentication is broken.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fastapi.routing
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from closedloop import make_event
 from closedloop.analyze.quality_drift import store_alarm
 from closedloop.ingest.app import create_app
 from closedloop.runtime import Runtime
+from closedloop.store import models
+from closedloop.store.db import utcnow
 from tests.conftest import Tenant
 from tests.integration.test_otlp_tenancy import check_post_traces
 
@@ -50,6 +57,23 @@ A_MODEL_VERSION = "acme-model-v1"
 A_PROMPT = "acme-prompt"
 A_PROMPT_VERSION = "acme-prompt-v1"
 A_LABEL = "acme-label"
+# ... and its Act objects: a rule, a webhook endpoint, a reviewer, a prompt, a flagged document.
+A_RULE = "acme-rule"
+A_HOOK = "acme-hook"
+A_REVIEWER = "acme-reviewer"
+A_DOC = "acme-doc-1"
+A_CORRECTION = "ACME-CONFIDENTIAL-CORRECTION open valve 11"
+A_TEMPLATE = "ACME-CONFIDENTIAL-TEMPLATE answer about the reactor"
+A_KB_QUERY = "ACME-CONFIDENTIAL-KB how do I vent the reactor"
+A_RULES_YAML = f"""rules:
+  - name: {A_RULE}
+    description: ACME-CONFIDENTIAL-RULE page the reactor team
+    when: {{event: {{thumbs: down}}}}
+    backfill: true
+    actions:
+      - webhook: {{endpoint: {A_HOOK}}}
+      - review: {{reason: ACME-CONFIDENTIAL-REASON}}
+"""
 
 A_MARKERS = (
     "acme",
@@ -71,6 +95,11 @@ A_MARKERS = (
     A_PROMPT,
     A_PROMPT_VERSION,
     A_LABEL,
+    "ACME-CONFIDENTIAL",
+    A_RULE,
+    A_HOOK,
+    A_REVIEWER,
+    A_DOC,
 )
 
 # The object ids a path parameter stands for, and ids no project holds (the control).
@@ -117,6 +146,8 @@ UNAUTHENTICATED = {
     ("GET", "/v1/schema"),
     ("OPTIONS", "/v1/events"),
 }
+# Reads a public key may make (an app fetches its prompt with it).
+PUBLIC_READS = {("GET", "/v1/prompts/{name}/resolve")}
 
 
 def _when(minute: int) -> str:
@@ -755,6 +786,313 @@ async def check_schema(w: World, path: str) -> None:
     assert len(bodies) == 1
 
 
+# ---------------------------------------------------------------------------------------------
+# The Act stage: A's rule, its firing, webhook endpoint and (dead) delivery, review task,
+# export, prompt with a running A/B test, knowledge-base entry and flagged document.
+
+# The objects no project holds (the control), by path parameter ({name} by route family).
+NOBODY_ACT = {
+    "rules": "none-rule",
+    "webhooks": "none-hook",
+    "prompts": "none-prompt",
+    "task_id": "987654321",
+    "delivery_id": "987654321",
+    "entry_id": "987654321",
+    "test_id": "987654321",
+    "doc_id": "none-doc",
+}
+
+
+def _act_fill(path: str, ids: Mapping[str, str], verb: str = "promote") -> str:
+    """``path`` aimed at ``ids``: ``{name}`` is the rule, endpoint or prompt by the route."""
+    name = ids[path.split("/")[2]] if "{name}" in path else ""
+    return _fill(path, {**ids, "name": name, "verb": verb})
+
+
+async def _acted(w: World) -> dict[str, str]:
+    """Give A one object of each Act kind, through its own routes where there is one; the
+    ids of A's objects by path parameter."""
+    h, c = w.a.headers(), w.client
+
+    async def ok(method: str, url: str, body: Any = None, status: int = 200) -> Any:
+        r = await _send(w, method, url, body, h)
+        assert r.status_code == status, (method, url, r.text)
+        return r.json()
+
+    correction = {"interaction_id": A_INTERACTION, "correction": A_CORRECTION}
+    events = [  # the late interaction lets event rules read past its waiting feedback
+        _event("interaction", {"input": A_INPUT}, A_MISSING_INTERACTION, 6),
+        _event("feedback", correction, "acme-fb-correction", 6),
+    ]
+    await ok("POST", "/v1/events", {"events": events})
+    w.runtime.enricher.run()
+    hook = {"name": A_HOOK, "url": "http://93.184.216.34/acme-hook"}  # never delivered here
+    await ok("POST", "/v1/webhooks", hook, 201)
+    await ok("POST", "/v1/rules/apply", A_RULES_YAML)
+    later = utcnow() + dt.timedelta(minutes=1)  # once A's feedback has settled
+    stats = w.runtime.rule_engine().run(w.a.project_id, now=later)
+    assert stats.fired == 1, stats  # a firing, a delivery and a review task
+    await ok("POST", "/v1/prompts", {"name": A_PROMPT, "template": A_TEMPLATE}, 201)
+    test = await ok("POST", f"/v1/prompts/{A_PROMPT}/candidates", {"share": 0.1}, 201)
+    task = await ok("POST", "/v1/review/next", {"reviewer": A_REVIEWER})
+    await ok("POST", "/v1/exports", {"kind": "parquet"}, 201)
+    entry = await ok("POST", "/v1/knowledge", {"query": A_KB_QUERY, "answer": A_OUTPUT}, 201)
+    d, flags = models.webhook_deliveries, models.reindex_flags
+    with w.runtime.engine.begin() as conn:  # the sender would have given up on it
+        mine = d.c.project_id == w.a.project_id
+        delivery_id = conn.execute(sa.select(d.c.id).where(mine)).scalar_one()
+        conn.execute(d.update().where(mine).values(state="dead", last_error=A_HOOK))
+        at = dt.datetime(2025, 6, 2, tzinfo=dt.UTC)
+        examples = json.dumps([{"interaction_id": A_INTERACTION, "input": A_INPUT}])
+        conn.execute(flags.insert().values(
+            project_id=w.a.project_id, doc_id=A_DOC, negatives=3, examples=examples,
+            state="flagged", first_flagged_at=at, last_flagged_at=at,
+        ))  # fmt: skip
+    r = await c.get("/v1/firings", headers=h)
+    assert r.json()["firings"] and A_INTERACTION in r.text, r.text
+    return {
+        "rules": A_RULE,
+        "webhooks": A_HOOK,
+        "prompts": A_PROMPT,
+        "task_id": str(task["id"]),
+        "delivery_id": str(delivery_id),
+        "entry_id": str(entry["id"]),
+        "test_id": str(test["test"]["id"]),
+        "doc_id": A_DOC,
+    }
+
+
+ACT_VIEW = (
+    "/v1/rules",
+    f"/v1/rules/{A_RULE}",
+    "/v1/firings",
+    "/v1/webhooks",
+    "/v1/webhooks/deliveries",
+    "/v1/review/tasks",
+    "/v1/exports",
+    "/v1/prompts",
+    f"/v1/prompts/{A_PROMPT}",
+    f"/v1/prompts/{A_PROMPT}/resolve",
+    "/v1/knowledge?include_inactive=true",
+    "/v1/knowledge/reindex",
+)
+
+
+async def act_view(w: World) -> dict[str, Any]:
+    """Everything A's secret key sees of A's project, its Act objects included, and the
+    signing secret of A's endpoint."""
+    view = await w.a_view()
+    for url in ACT_VIEW:
+        r = await w.client.get(url, headers=w.a.headers())
+        assert r.status_code == 200, (url, r.text)
+        view[url] = r.json()
+    e = models.webhook_endpoints
+    with w.runtime.engine.connect() as conn:
+        mine = e.c.project_id == w.a.project_id
+        view["secrets"] = conn.execute(sa.select(e.c.name, e.c.secret).where(mine)).all()
+    return view
+
+
+async def _send(
+    w: World, method: str, url: str, body: Any, headers: Mapping[str, str]
+) -> httpx.Response:
+    """A request with a JSON body, or a YAML one when ``body`` is text."""
+    if isinstance(body, str):
+        yaml = {**headers, "content-type": "application/yaml"}
+        return await w.client.request(method, url, content=body, headers=yaml)
+    return await w.client.request(method, url, json=body, headers=headers)
+
+
+def _same_as_missing(
+    r: httpx.Response, missing: httpx.Response, a: list[str], no: list[str]
+) -> None:
+    """``r`` (aimed at A's objects) reads exactly as ``missing`` (aimed at nobody's)."""
+
+    def masked(r: httpx.Response, ids: list[str]) -> Any:
+        text = r.text
+        for value in sorted(ids, key=len, reverse=True):
+            text = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "<id>", text)
+        return r.status_code, r.headers.get("content-type"), text
+
+    assert masked(r, a) == masked(missing, no), f"{r.request.url} reads unlike a missing object"
+
+
+# Each list of A's Act objects, with a variant per query parameter aimed at A's objects.
+ACT_LISTS: dict[str, list[dict[str, str]]] = {
+    "/v1/rules": [],
+    "/v1/firings": [{"rule": A_RULE}, {"limit": "1"}],
+    "/v1/actions/report": [{"rule": A_RULE}, {"since": "2025-01-01T00:00:00Z"}, {"limit": "1"}],
+    "/v1/webhooks": [],
+    "/v1/webhooks/deliveries": [{"state": "dead"}, {"limit": "1"}],
+    "/v1/review/tasks": [{"state": "open"}, {"assignee": A_REVIEWER}, {"limit": "1"}],
+    "/v1/exports": [{"limit": "1"}],
+    "/v1/prompts": [],
+    "/v1/knowledge": [{"include_inactive": "true"}, {"limit": "1"}],
+    "/v1/knowledge/reindex": [{"state": "flagged"}, {"limit": "1"}],
+}
+
+
+async def check_act_list(w: World, path: str) -> None:
+    """GET of a list of Act objects, once per query parameter aimed at A's: B's secret key
+    gets B's own empty lists, public keys and no key 401; A's secret key gets A's objects."""
+    await _acted(w)
+    variants = ACT_LISTS[path]
+    missing = set(w.query_params(path)) - {name for v in variants for name in v}
+    assert not missing, f"{path}?{missing}: add a variant aimed at A's objects to ACT_LISTS"
+    for params in [{}, *variants]:
+        for who, headers in w.callers().items():
+            r = await w.client.get(path, params=params, headers=headers)
+            if who == "B secret":
+                assert r.status_code == 200, (params, r.text)
+                assert not any(r.json().values()), (params, r.text)
+            else:
+                assert_unauthorized(r, who)
+            assert_no_leak(r, echoed=params.values(), who=who)
+        r = await w.client.get(path, params=params, headers=w.a.headers())
+        assert r.status_code == 200, (params, r.text)
+        first = next(iter(r.json().values()))
+        assert first, f"positive control: A sees its own {path} {params}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """An Act route's call aimed at A's objects: B's secret key's status (404: exactly as for
+    a missing object) and what its answer says, and A's own status (the positive control)."""
+
+    b: int = 404
+    a: int = 200
+    body: Callable[[Mapping[str, str]], Any] = lambda ids: None
+    a_body: Any = None  # A's own call's body, when not ``body``
+    b_says: Callable[[httpx.Response], bool] = lambda r: True
+    echo: tuple[str, ...] = ()
+    public: bool = False  # the public key is accepted
+
+
+def _empty(r: httpx.Response) -> bool:
+    return not any(r.json().values())
+
+
+ANSWER = {"reviewer": A_REVIEWER, "label": "globex-label", "comment": "globex says"}
+ACT_CALLS: dict[tuple[str, str], Call] = {
+    ("GET", "/v1/rules/{name}"): Call(),
+    ("PUT", "/v1/rules/{name}"): Call(
+        200,
+        body=lambda ids: {"when": {"drift": "quality"}, "actions": [{"review": {}}]},
+        b_says=lambda r: "drift" in r.json()["when"],
+    ),
+    ("DELETE", "/v1/rules/{name}"): Call(a=204),
+    ("POST", "/v1/rules/{name}/test"): Call(),
+    ("POST", "/v1/rules/check"): Call(
+        200,
+        body=lambda ids: A_RULES_YAML,
+        echo=(A_RULE,),
+        b_says=lambda r: r.json()["rules"] == [A_RULE],
+    ),
+    ("POST", "/v1/rules/apply"): Call(
+        200,
+        body=lambda ids: A_RULES_YAML,
+        echo=(A_RULE,),
+        b_says=lambda r: r.json() == {"applied": [A_RULE], "deleted": []},
+    ),
+    ("POST", "/v1/act"): Call(200, b_says=lambda r: r.json()["rules"] == r.json()["fired"] == 0),
+    ("POST", "/v1/webhooks"): Call(
+        201,
+        201,
+        body=lambda ids: {"name": A_HOOK, "url": "http://93.184.216.34/globex"},
+        a_body={"name": "acme-hook-2", "url": "http://93.184.216.34/acme-2"},
+        b_says=lambda r: r.json()["url"].endswith("/globex"),
+    ),  # A's name: were B's endpoint in A's project, it would be refused as taken
+    ("DELETE", "/v1/webhooks/{name}"): Call(),
+    ("POST", "/v1/webhooks/{name}/rotate"): Call(),
+    ("POST", "/v1/webhooks/{name}/test"): Call(a=202),
+    ("POST", "/v1/webhooks/deliveries/{delivery_id}/retry"): Call(),
+    ("POST", "/v1/review/tasks"): Call(
+        a=201, body=lambda ids: {"interaction_id": ids["interaction_id"]}
+    ),
+    ("POST", "/v1/review/next"): Call(204, body=lambda ids: {"reviewer": A_REVIEWER}),
+    ("POST", "/v1/review/tasks/{task_id}/answer"): Call(body=lambda ids: ANSWER),
+    ("POST", "/v1/review/tasks/{task_id}/skip"): Call(body=lambda ids: {"reviewer": "globex"}),
+    ("POST", "/v1/exports"): Call(
+        201,
+        201,
+        body=lambda ids: {"kind": "parquet"},
+        b_says=lambda r: r.json()["total"] == 0 and "globex" in r.text,
+    ),
+    ("POST", "/v1/prompts"): Call(
+        201,
+        201,
+        body=lambda ids: {"name": A_PROMPT, "template": "globex template"},
+        b_says=lambda r: r.json()["version"] == 1,
+    ),
+    ("GET", "/v1/prompts/{name}"): Call(),
+    ("GET", "/v1/prompts/{name}/resolve"): Call(public=True),
+    ("POST", "/v1/prompts/{name}/labels"): Call(
+        body=lambda ids: {"label": "production", "version": 1}
+    ),
+    ("POST", "/v1/prompts/{name}/candidates"): Call(a=201, body=lambda ids: {"share": 0.1}),
+    ("POST", "/v1/prompts/{name}/tests/{test_id}/{verb}"): Call(),
+    ("POST", "/v1/knowledge"): Call(
+        201, 201, body=lambda ids: {"query": "globex question", "answer": "globex answer"}
+    ),
+    ("POST", "/v1/knowledge/recall"): Call(
+        200,
+        body=lambda ids: {"query": "how do I vent the reactor", "k": 50, "min_score": -1},
+        b_says=_empty,
+    ),
+    ("DELETE", "/v1/knowledge/{entry_id}"): Call(a=204),
+    ("POST", "/v1/knowledge/reindex/{doc_id}/done"): Call(),
+}
+
+
+async def check_act(w: World, path: str, method: str) -> None:
+    """An Act route aimed at A's objects (in its path or its body): B's secret key gets 404
+    exactly as for objects nobody holds, or acts on B's project only (B's answer says so);
+    public keys (unless accepted) and no key get 401; no answer carries A's data and A's
+    project does not change. A's own secret key then gets its status."""
+    a_ids = {**A_OBJECT, **await _acted(w)}
+    no_ids = {**A_OBJECT, **NOBODY_OBJECT, **NOBODY_ACT}
+    call = ACT_CALLS[(method, path)]
+    if "{test_id}" in path:  # B holds a prompt of A's name: A's test id is still not B's
+        r = await _send(
+            w, "POST", "/v1/prompts", {"name": A_PROMPT, "template": "g"}, w.b.headers()
+        )
+        assert r.status_code == 201, r.text
+    before = await act_view(w)
+    params = re.findall(r"{(\w+)}", path.replace("{name}", "{" + path.split("/")[2] + "}"))
+    for verb in ("promote", "rollback") if "{verb}" in path else ("promote",):
+        url, body = _act_fill(path, a_ids, verb), call.body(a_ids)
+        sent = [v for v in body.values() if isinstance(v, str)] if isinstance(body, dict) else []
+        aimed = [k for k in a_ids if k in params or a_ids[k] in sent]
+        echoed = [*call.echo, *sent, *(a_ids[k] for k in aimed)]
+        for who, headers in w.callers().items():
+            r = await _send(w, method, url, body, headers)
+            if who == "A public" and call.public:
+                assert r.status_code == call.a, (who, r.text)
+                continue  # A's own data, with A's own key
+            status = call.b if who == "B secret" or (call.public and who == "B public") else 401
+            assert r.status_code == status, (who, method, url, r.text)
+            if status == 401:
+                assert_unauthorized(r, who)
+            elif status == 404:
+                control = _act_fill(path, no_ids, verb)
+                missing = await _send(w, method, control, call.body(no_ids), headers)
+                _same_as_missing(r, missing, [a_ids[k] for k in aimed], [no_ids[k] for k in aimed])
+            else:
+                assert call.b_says(r), (who, r.text)
+            assert_no_leak(r, echoed=echoed, who=who)
+        assert await act_view(w) == before, f"{method} {url} with another key changed project A"
+    body = call.a_body or call.body(a_ids)
+    r = await _send(w, method, _act_fill(path, a_ids), body, w.a.headers())
+    assert r.status_code == call.a, f"positive control: A's own key: {r.text}"
+
+
+def _act_check(method: str) -> Check:
+    async def check(w: World, path: str) -> None:
+        await check_act(w, path, method)
+
+    return check
+
+
 CASES: dict[tuple[str, str], Check] = {
     ("POST", "/v1/traces"): check_post_traces,
     ("POST", "/v1/events"): check_post_events,
@@ -792,6 +1130,8 @@ CASES: dict[tuple[str, str], Check] = {
     ("GET", "/healthz"): check_unauthenticated,
     ("GET", "/readyz"): check_unauthenticated,
     ("GET", "/metrics"): check_unauthenticated,
+    **{("GET", path): check_act_list for path in ACT_LISTS},
+    **{route: _act_check(route[0]) for route in ACT_CALLS},
 }
 
 
@@ -864,6 +1204,58 @@ async def test_an_event_id_used_in_project_a_is_free_in_project_b_and_a_keeps_it
     assert r.json()["results"][0]["status"] == "duplicate"
 
 
+async def test_a_rule_of_project_b_naming_project_a_s_endpoint_acts_in_project_b_only(
+    world: World,
+) -> None:
+    """B's copy of A's rule (naming A's endpoint) fires on B's feedback: its webhook fails for
+    want of an endpoint in B's project, its review task is B's; A's objects stay as they were."""
+    await _acted(world)
+    before, b = await act_view(world), world.b.headers()
+    r = await _send(world, "POST", "/v1/rules/apply", A_RULES_YAML, b)
+    assert r.status_code == 200, r.text
+    events = [
+        make_event("interaction", {"input": "globex question"}, id="globex-int"),
+        make_event("feedback", {"interaction_id": "globex-int", "thumbs": -1}, id="globex-fb"),
+    ]
+    r = await world.client.post("/v1/events", json={"events": events}, headers=b)
+    assert r.status_code == 200, r.text
+    world.runtime.enricher.run()
+    later = utcnow() + dt.timedelta(minutes=1)
+    stats = world.runtime.rule_engine().run(world.b.project_id, now=later)
+    assert (stats.fired, stats.actions_ok, stats.actions_failed) == (1, 1, 1), stats
+    [firing] = (await world.client.get("/v1/firings", headers=b)).json()["firings"]
+    assert firing["trigger"]["interaction_ids"] == ["globex-int"], firing
+    assert [a["ok"] for a in firing["actions"]] == [False, True], firing
+    r = await world.client.get("/v1/review/tasks", headers=b)
+    assert [t["interaction_id"] for t in r.json()["tasks"]] == ["globex-int"]
+    r = await world.client.get("/v1/webhooks/deliveries", headers=b)
+    assert r.json()["deliveries"] == []
+    assert await act_view(world) == before
+
+
+async def test_an_export_url_of_project_b_never_reaches_project_a_s_export_folder(
+    world: World,
+) -> None:
+    """B naming A's export folder, or a new folder beside it, in ``url`` writes nothing under
+    A's folder and cannot tell A's existing folder from a fresh one."""
+    await _acted(world)
+    a_dir = world.runtime.settings.resolved_export_dir() / "acme"
+    a_files = sorted(a_dir.rglob("*"))
+    [export] = (await world.client.get("/v1/exports", headers=world.a.headers())).json()["exports"]
+    taken = Path(export["url"]).parent.relative_to(a_dir.parent).as_posix()
+    event = make_event("interaction", {"input": "globex q", "output": "globex a"}, id="g-int")
+    r = await world.client.post("/v1/events", json={"events": [event]}, headers=world.b.headers())
+    assert r.status_code == 200, r.text
+    statuses = set()
+    for url in (taken, "acme/fresh"):
+        body = {"kind": "parquet", "url": url}
+        r = await world.client.post("/v1/exports", json=body, headers=world.b.headers())
+        statuses.add(r.status_code)
+        assert_no_leak(r, echoed=[url], who="B secret")
+    assert len(statuses) == 1, f"A's export folder reads unlike a fresh one: {statuses}"
+    assert sorted(a_dir.rglob("*")) == a_files, "B wrote into A's export folder"
+
+
 async def test_a_public_key_can_write_no_interaction_in_any_project(world: World) -> None:
     before = await world.a_view()
     for tenant in (world.a, world.b):
@@ -889,8 +1281,8 @@ async def test_a_public_key_can_write_no_interaction_in_any_project(world: World
 async def test_every_read_with_a_public_key_is_unauthorized(world: World) -> None:
     reads = [p for m, p in ROUTES if m == "GET" and p.startswith("/v1")]
     assert len(reads) >= 6
-    for path in reads:
-        url = _fill(path, {**A_OBJECT, "issue_id": "1"})
+    for path in [p for p in reads if ("GET", p) not in PUBLIC_READS]:
+        url = _act_fill(path, {**A_OBJECT, **NOBODY_ACT, "issue_id": "1"})
         for tenant in (world.a, world.b):
             r = await world.client.get(url, headers=tenant.headers("public"))
             if ("GET", path) in UNAUTHENTICATED:

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop.errors import ActionError, ClosedLoopError, ConfigError
+from closedloop.store.db import utcnow
 
 __all__ = [
     "POSITIVE_RATING",
@@ -58,6 +59,7 @@ __all__ = [
     "TargetBasis",
     "build_records",
     "check_url",
+    "project_url",
     "conversation",
     "dedupe_key",
     "dpo_record",
@@ -375,6 +377,28 @@ def _inside(url: str, lake_url: str, options: Mapping[str, Any]) -> bool:
     lake_family, lake = _normalised(lake_url, options)
     # a path prefix ends at a "/": s3://bucket/lakehouse is not inside s3://bucket/lake
     return bool(family & lake_family) and (path == lake or path.startswith(lake.rstrip("/") + "/"))
+
+
+def project_url(settings_root: str, project: str, url: str | None, kind: str) -> str:
+    """Where an API caller's (or a rule's) export goes: ``url``, a relative folder, under the
+    project's own root ``<settings_root>/<project>``; default a new ``<kind>-<time>`` folder
+    there. A caller never names another project's folder, an absolute path or another
+    store.
+
+    >>> project_url("/srv/exports", "shop", "weekly/dpo", "dpo")
+    '/srv/exports/shop/weekly/dpo'
+    """
+    root = f"{settings_root.rstrip('/')}/{project}"
+    if url is None:
+        return f"{root}/{kind}-{utcnow().strftime('%Y%m%dT%H%M%S%fZ')}"
+    relative = posixpath.normpath(url.replace("\\", "/"))
+    if "://" in url or url.startswith(("/", "~")) or relative == ".." or relative.startswith("../"):
+        raise ConfigError(
+            "url: send a relative folder such as weekly/dpo; exports made through the API go "
+            "under the project's own export folder",
+            field="url",
+        )
+    return f"{root}/{relative}"
 
 
 def check_url(

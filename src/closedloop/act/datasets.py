@@ -39,6 +39,7 @@ from closedloop.act.dataset_formats import (
     build_records,
     check_url,
     encode_records,
+    project_url,
     remove_files,
     write_files,
 )
@@ -460,14 +461,15 @@ class ExportAction:
         """Export (or, in a dry run, count) the trigger's rows."""
         p, settings = self.params, self.context.settings
         export_dir = settings.resolved_export_dir()
-        url = p.url
-        if url is not None:  # rules come through the API too: the same limits
-            url = check_url(
-                url,
-                export_dir,
-                lake_url=settings.resolved_lake_url(),
-                storage_options=settings.lake_options,
-            )
+        # rules come through the API too: the same limits (the project's own folder)
+        name, _ = _project(self.context.analytics(), trigger.project_id)
+        root = settings.export_url or str(export_dir.resolve())
+        url = check_url(
+            project_url(root, name, p.url, p.kind),
+            export_dir,
+            lake_url=settings.resolved_lake_url(),
+            storage_options=settings.lake_options,
+        )
         result = export_dataset(
             self.context.analytics(),
             trigger.project_id,

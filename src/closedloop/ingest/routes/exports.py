@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from closedloop.act.dataset_formats import ExportKind, check_url
+from closedloop.act.dataset_formats import ExportKind, check_url, project_url
 from closedloop.act.datasets import ExportFilters, export_dataset
 from closedloop.errors import ActionError
 from closedloop.ingest.deps import get_runtime, require_secret_key
@@ -63,14 +63,13 @@ async def post_export(request: Request, key: Key, body: ExportRequest) -> Any:
     runtime = get_runtime(request)
     settings = runtime.settings
     export_dir = settings.resolved_export_dir()
-    url = body.url
-    if url is not None:
-        url = check_url(
-            url,
-            export_dir,
-            lake_url=settings.resolved_lake_url(),
-            storage_options=settings.lake_options,
-        )
+    root = settings.export_url or str(export_dir.resolve())
+    url = check_url(
+        project_url(root, key.project_name, body.url, body.kind),
+        export_dir,
+        lake_url=settings.resolved_lake_url(),
+        storage_options=settings.lake_options,
+    )
     filters = ExportFilters.model_validate(body.model_dump(include=set(ExportFilters.model_fields)))
 
     def run() -> dict[str, Any]:
