@@ -314,7 +314,7 @@ class Runtime:
 
     def action_kinds(self) -> dict[str, Any]:
         """The action kinds by name: built in, and from plugins unless they are off."""
-        return action_kinds(load_plugins=self.load_plugins)
+        return action_kinds(load_entrypoints=self.load_plugins)
 
     def rule_engine(self) -> RuleEngine:
         """The rules job over this process's store and actions."""

@@ -472,7 +472,7 @@ def test_the_export_action_takes_the_triggers_issue_and_honours_min_rows(
 ) -> None:
     _seed(runtime, tenant)
     _issue(runtime, tenant, 3, ["i1", "i5", "i3"])
-    kinds = action_kinds(load_plugins=False)
+    kinds = action_kinds(load_entrypoints=False)
     context = runtime.act_context()
     action = build_action(
         "export", {"kind": "finetune", "validation_share": 0}, context, kinds=kinds

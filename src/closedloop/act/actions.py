@@ -131,15 +131,22 @@ def _builtin() -> dict[str, Any]:
     }
 
 
-def action_kinds(*, load_plugins: bool = True) -> dict[str, Any]:
-    """Every action kind by name: the built-in ones and those of installed plugins."""
-    kinds = _builtin()
-    if load_plugins:
-        from closedloop.plugins import get_plugin_manager
+def action_kinds(*, load_entrypoints: bool = True) -> dict[str, Any]:
+    """Every action kind by name: the built-in ones and those of plugins (registered with the
+    plugin manager, and, with ``load_entrypoints``, installed packages' entry points)."""
+    from closedloop.plugins import get_plugin_manager
 
-        for classes in get_plugin_manager().hook.register_actions():
-            for cls in classes:
-                kinds[cls.name] = cls
+    kinds = _builtin()
+    manager = get_plugin_manager(load_entrypoints=load_entrypoints)
+    for classes in manager.hook.register_actions():
+        for cls in classes:
+            missing = [a for a in ("name", "Params", "run") if not hasattr(cls, a)]
+            if missing:
+                raise TypeError(
+                    f"{cls!r} is not an action: it lacks {', '.join(missing)} "
+                    "(see closedloop.act.actions)"
+                )
+            kinds[cls.name] = cls
     return kinds
 
 
