@@ -135,8 +135,13 @@ _STREET_PREFIX = (
     r"(?:rue|rua|via|viale|vicolo|calle|carrer|avenida|avenue|av|strada|piazza|piazzale|corso"
     r"|largo|travessa|rambla|paseo|camino|plaza|boulevard|bd|ul|ulica|chemin|allée|place)\.?"
 )
+# "5 to 7 business days", "3 of 4", "1 in 10": a number, a small word and a number is a
+# range or a ratio, not "28245 Puruntie 82"
+_NOT_A_STREET = r"(?!(?:to|or|and|of|in|by|per|x|from|out|times|plus|minus|than|vs)\b)"
 _NUMBERED_STREET = re.compile(
-    r"\b\d{1,6}[ \t]{1,3}(?:\d{1,6}[ \t]{1,3})?(?:"
+    r"\b\d{1,6}[ \t]{1,3}(?:\d{1,6}[ \t]{1,3})?"
+    + _NOT_A_STREET
+    + r"(?:"
     + _HOUSE
     + r"|"
     + _STREET_PREFIX
