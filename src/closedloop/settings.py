@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -364,6 +364,17 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of server processes (default INFO)."
     )
+
+    @field_validator("export_url")
+    @classmethod
+    def _remote_export_url(cls, value: str | None) -> str | None:
+        remote = ("s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://", "abfss://")
+        if value is not None and not value.lower().startswith(remote):
+            raise ValueError(
+                "export_url is an object-store folder such as s3://bucket/exports; for a local "
+                "folder set export_dir"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(

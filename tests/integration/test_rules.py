@@ -20,7 +20,7 @@ from closedloop.act.actions import ActContext, ActionResult, Trigger
 from closedloop.act.conditions import Found
 from closedloop.act.effect import effect_report, rule_summaries
 from closedloop.act.engine import RuleEngine, held_out
-from closedloop.act.rules import firings, parse_rules, put_rule
+from closedloop.act.rules import firings, list_rules, parse_rules, put_rule
 from closedloop.enrich.job import Enricher
 from closedloop.errors import JobError
 from closedloop.runtime import Runtime
@@ -437,11 +437,53 @@ async def test_a_firing_whose_run_died_before_its_actions_gets_them_on_the_next_
         with pytest.raises(SystemExit):
             engine.run(tenant.project_id)
     (firing,) = firings(runtime.engine, tenant.project_id)
-    assert firing["actions"] is None and RAN == []  # recorded, not acted on
+    assert firing["pending"] and firing["actions"] == [] and RAN == []  # recorded, not acted on
     engine.run(tenant.project_id)
     (firing,) = firings(runtime.engine, tenant.project_id)
-    assert [a["ok"] for a in firing["actions"]] == [True]
+    assert [a["ok"] for a in firing["actions"]] == [True] and not firing["pending"]
     assert len(RAN) == 1 and RAN[0][1].firing_id == firing["id"]
+
+
+async def test_a_resumed_firing_runs_only_the_actions_without_a_result_and_gives_up(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    t = utcnow() - dt.timedelta(minutes=5)
+    await send(
+        client,
+        tenant,
+        [
+            at(t, "interaction", {"input": "q", "output": "a"}, "i1"),
+            at(t, "feedback", {"interaction_id": "i1", "thumbs": -1}, "f1"),
+        ],
+    )
+    Enricher(runtime.engine).run()
+    rule(
+        runtime,
+        tenant,
+        "rules:\n  - {name: r, when: {event: {thumbs: down}}, backfill: true, "
+        "actions: [{record: {tag: first}}, {record: {tag: second}}]}\n",
+    )
+    engine = engine_of(runtime)
+    original = RuleEngine._run_action
+
+    def second_dies(action: Any, trigger: Trigger, *, dry_run: bool) -> ActionResult:
+        if action.tag == "second":
+            raise SystemExit("the process died in the second action")
+        return original(action, trigger, dry_run=dry_run)
+
+    for _ in range(3):  # the second action kills its run each time
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(RuleEngine, "_run_action", staticmethod(second_dies))
+            with pytest.raises(SystemExit):
+                engine.run(tenant.project_id)
+    assert [tag for tag, _, _ in RAN] == ["first"]  # never repeated on resumption
+    engine.run(tenant.project_id)  # the third death: given up, recorded as failed
+    (firing,) = firings(runtime.engine, tenant.project_id)
+    assert not firing["pending"]
+    assert [(a["ok"], a["summary"][:8]) for a in firing["actions"]] == [
+        (True, "recorded"),
+        (False, "given up"),
+    ]
 
 
 async def test_a_rule_gone_live_after_a_dry_run_fires_for_real_on_the_same_issue(
@@ -506,3 +548,37 @@ async def test_rule_routes_name_the_bad_field_and_report_failed_rules(
         )
     ran = await client.post("/v1/act", headers=tenant.headers())
     assert ran.status_code == 200 and "ok" in ran.json()["errors"][0]
+
+
+async def test_a_rule_changed_to_another_stream_starts_at_that_streams_head(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    from closedloop.analyze.quality_drift import store_alarm
+
+    now = utcnow()
+    with runtime.engine.begin() as conn:
+        store_alarm(
+            conn,
+            project_id=tenant.project_id,
+            kind="quality",
+            segment="all",
+            measure="thumbs",
+            since=now - dt.timedelta(hours=1),
+            detected_at=now - dt.timedelta(minutes=30),
+            before={},
+            after={},
+            details={},
+        )
+    engine = engine_of(runtime)
+    rule(
+        runtime,
+        tenant,
+        "rules:\n  - {name: r, when: {event: {thumbs: down}}, actions: [{record: {}}]}\n",
+    )
+    engine.run(tenant.project_id)
+    rule(runtime, tenant, "rules:\n  - {name: r, when: {drift: any}, actions: [{record: {}}]}\n")
+    engine.run(tenant.project_id)
+    assert RAN == []  # the alarm stored before the rule became a drift rule is not replayed
+    (stored,) = [r for r in list_rules(runtime.engine, tenant.project_id)]
+    evaluation = engine.evaluate(stored)
+    assert [t["held"][:10] for t in evaluation.triggers] == ["before the"]

@@ -398,14 +398,18 @@ def event_triggers(
             )
         rows = conn.execute(query).all()
     late_ids = {r.id for r in late}
-    remaining = [o for o in orphans if o not in late_ids]
-    remaining += [r.id for r in rows if r.join_state == "orphaned" and r.id not in remaining]
-    remaining = remaining[-MAX_ORPHANS:]
-    cursor = {**cursor, "orphans": remaining}
+    remaining = list(orphans)  # each late row leaves the list as it is handled
+    known = set(remaining)
     found: list[Found] = []
     for row in [*late, *rows]:
-        if row.id not in late_ids:
+        if row.id in late_ids:
+            remaining = [o for o in remaining if o != row.id]
+        else:
+            if row.join_state == "orphaned" and row.id not in known:
+                remaining.append(row.id)
+                known.add(row.id)
             cursor = {**cursor, "received_at": _aware(row.received_at).isoformat(), "id": row.id}
+        cursor = {**cursor, "orphans": remaining[-MAX_ORPHANS:]}
         if row.join_state != "joined" or not _event_matches(row, flt):
             continue
         prompt = row.prompt_name
@@ -444,9 +448,11 @@ def event_triggers(
     return found
 
 
-def stream_head(engine: Engine, project_id: int, kind: str) -> dict[str, Any]:
-    """The cursor at the end of a stream now (``drift`` alarms or ``event`` feedback): where a
-    new rule starts, so that it acts on what arrives from then on."""
+def stream_head(
+    engine: Engine, project_id: int, kind: str, *, before: dt.datetime | None = None
+) -> dict[str, Any]:
+    """The cursor at the end of a stream (``drift`` alarms, or ``event`` feedback received
+    ``before``): where a new rule starts, so that it acts on what arrives from then on."""
     with engine.connect() as conn:
         if kind == "drift":
             a = models.drift_alarms
@@ -457,7 +463,11 @@ def stream_head(engine: Engine, project_id: int, kind: str) -> dict[str, Any]:
         f = models.feedback
         row = conn.execute(
             sa.select(f.c.received_at, f.c.id)
-            .where(f.c.project_id == project_id, f.c.join_state != "pending")
+            .where(
+                f.c.project_id == project_id,
+                f.c.join_state != "pending",
+                f.c.received_at <= (before or dt.datetime.max.replace(tzinfo=dt.UTC)),
+            )
             .order_by(f.c.received_at.desc(), f.c.id.desc())
             .limit(1)
         ).first()

@@ -45,6 +45,8 @@ __all__ = ["EngineStats", "Evaluation", "RuleEngine", "RulesFailed", "cooldown_o
 logger = logging.getLogger(__name__)
 
 _LOCK_KEY = 0x636C_7275_6C65_7321  # "clrules!": the advisory lock of the rules job
+#: Runs that may die inside a firing's actions before the rest are given up.
+MAX_ATTEMPTS = 3
 
 
 @dataclass
@@ -212,29 +214,40 @@ class RuleEngine:
         actions = self._actions(spec)
         state = dict(rule.state)
         streams = isinstance(spec.condition, EventCondition | DriftCondition)
-        if streams and "started" not in state:
-            # a new rule acts on what arrives from now on, unless it asks to backfill
-            start = (
-                {}
-                if spec.backfill
-                else conditions.stream_head(self.engine, rule.project_id, spec.condition.kind)
-            )
-            state = {**start, "started": now.isoformat()}
+        kind = spec.condition.kind
+        if streams and (state.get("started") is None or state.get("kind") != kind):
+            # a new rule (or one whose condition changed kind) acts on what arrives from now
+            # on, unless it asks to backfill
+            start = {} if spec.backfill else self.head(rule.project_id, kind, now)
+            state = {**start, "started": now.isoformat(), "kind": kind}
             with self.engine.begin() as conn:
                 save_rule_state(conn, rule.id, state)
             rule = replace(rule, state=state)
         self._resume(rule, actions, stats)
         baselines: dict[str, dict[str, Any]] = {}  # one per scope: every trigger shares `now`
+        moved = False
         for found in self.find(rule, now):
             if not conditions.is_marker(found):
                 if self.cooling(rule, found.trigger.segment, now):
                     stats.cooled += 1
-                else:
-                    self._fire(rule, found, actions, now, stats, baselines)
+                elif self._fire(rule, found, actions, now, stats, baselines):
+                    moved = True  # saved below with the cursor past it
             if found.cursor is not None:
                 state.update(found.cursor)
-                with self.engine.begin() as conn:
-                    save_rule_state(conn, rule.id, state)
+                if moved:  # progress is saved after each firing (a firing is never repeated)
+                    with self.engine.begin() as conn:
+                        save_rule_state(conn, rule.id, state)
+                    moved = False
+        if state != rule.state:
+            with self.engine.begin() as conn:
+                save_rule_state(conn, rule.id, state)
+
+    def head(self, project_id: int, kind: str, now: dt.datetime) -> dict[str, Any]:
+        """Where a stream starts for a rule made ``now`` (settled rows only)."""
+        settle = self.event_settle_seconds if kind == "event" else 0.0
+        return conditions.stream_head(
+            self.engine, project_id, kind, before=now - dt.timedelta(seconds=settle)
+        )
 
     def _fire(
         self,
@@ -244,7 +257,8 @@ class RuleEngine:
         now: dt.datetime,
         stats: EngineStats,
         baselines: dict[str, dict[str, Any]],
-    ) -> None:
+    ) -> bool:
+        """Record the firing and run its actions; whether it was new."""
         spec, trigger = rule.spec, found.trigger
         scope = scope_of(trigger, spec)
         key = json.dumps(scope.to_json(), sort_keys=True)
@@ -282,27 +296,29 @@ class RuleEngine:
         with self.engine.begin() as conn:
             firing_id = conn.execute(insert).scalar()
         if firing_id is None:  # fired on this trigger before
-            return
+            return False
         stats.fired += 1
         if held:  # the control: recorded with its baseline, not acted on
             stats.held_out += 1
-            return
-        self._act(replace(trigger, firing_id=int(firing_id)), actions, spec.dry_run, stats)
+            return True
+        self._act(replace(trigger, firing_id=int(firing_id)), actions, spec.dry_run, stats, [], 0)
+        return True
 
     def _resume(self, rule: StoredRule, actions: list[Action], stats: EngineStats) -> None:
-        """Run the actions of this rule's firings that a run recorded and died before acting
-        on (runs hold the single-flight lock, so none is in progress)."""
+        """Run the actions a run recorded a firing for and died before finishing (runs hold
+        the single-flight lock, so none is in progress): only those without a result, and at
+        most :data:`MAX_ATTEMPTS` times (an action that kills its run is then given up)."""
         f = models.firings
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(f.c.id, f.c.trigger, f.c.dry_run).where(
+                sa.select(f.c.id, f.c.trigger, f.c.dry_run, f.c.actions).where(
                     f.c.project_id == rule.project_id,
                     f.c.rule_id == rule.id,
-                    f.c.actions == "null",
+                    sa.or_(f.c.actions == "null", f.c.actions.startswith("{")),
                 )
             ).all()
         for row in rows:
-            data = json.loads(row.trigger)
+            data, progress = json.loads(row.trigger), json.loads(row.actions) or {}
             trigger = Trigger(
                 project_id=rule.project_id,
                 rule=data["rule"],
@@ -315,26 +331,50 @@ class RuleEngine:
                 prompt=data.get("prompt"),
                 firing_id=int(row.id),
             )
-            self._act(trigger, actions, bool(row.dry_run), stats)
+            done = list(progress.get("done", []))
+            attempts = int(progress.get("attempts", 0)) + 1
+            self._act(trigger, actions, bool(row.dry_run), stats, done, attempts)
 
     def _act(
-        self, trigger: Trigger, actions: list[Action], dry_run: bool, stats: EngineStats
+        self,
+        trigger: Trigger,
+        actions: list[Action],
+        dry_run: bool,
+        stats: EngineStats,
+        done: list[dict[str, Any]],
+        attempts: int,
     ) -> None:
-        """Run the actions of a recorded firing and record their results."""
+        """Run the actions of a recorded firing that have no result yet, recording each result
+        as it comes (``{"done": [...], "attempts": n}`` while in progress, the list at the
+        end)."""
         f = models.firings
-        firing_id = trigger.firing_id
-        results = [self._run_action(a, trigger, dry_run=dry_run) for a in actions]
-        for result in results:
+
+        def record(value: Any) -> None:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    f.update()
+                    .where(f.c.id == trigger.firing_id)
+                    .values(actions=json.dumps(value, default=str))
+                )
+
+        results = list(done)
+        for action in actions[len(done) :]:
+            if attempts >= MAX_ATTEMPTS:
+                result = ActionResult(
+                    action=action.name,
+                    ok=False,
+                    summary=f"given up: its run died {attempts} times before it finished",
+                    dry_run=dry_run,
+                )
+            else:
+                record({"done": results, "attempts": attempts})
+                result = self._run_action(action, trigger, dry_run=dry_run)
             if result.ok:
                 stats.actions_ok += 1
             else:
                 stats.actions_failed += 1
-        with self.engine.begin() as conn:
-            conn.execute(
-                f.update()
-                .where(f.c.id == firing_id)
-                .values(actions=json.dumps([r.to_json() for r in results], default=str))
-            )
+            results.append(result.to_json())
+        record(results)
 
     @staticmethod
     def _run_action(action: Action, trigger: Trigger, *, dry_run: bool) -> ActionResult:
@@ -351,9 +391,11 @@ class RuleEngine:
 
     def evaluate(self, rule: StoredRule, *, now: dt.datetime | None = None) -> Evaluation:
         """What ``rule`` would fire on the stored data now, with its actions' dry runs; nothing
-        is recorded. Streams (drift alarms, feedback) are read from the start."""
+        is recorded. Streams (drift alarms, feedback) are read from the start; what lies before
+        a rule's start (it does not backfill) is shown held."""
         now = now or utcnow()
-        actions = self._actions(rule.spec)
+        spec = rule.spec
+        actions = self._actions(spec)
         f = models.firings
         with self.engine.connect() as conn:
             done = (
@@ -361,6 +403,13 @@ class RuleEngine:
                 if rule.id
                 else set()
             )
+        start: dict[str, Any] = {}
+        if isinstance(spec.condition, EventCondition | DriftCondition) and not spec.backfill:
+            started = rule.state.get("started") is not None and rule.state.get("kind") == (
+                spec.condition.kind
+            )
+            start = rule.state if started else self.head(rule.project_id, spec.condition.kind, now)
+        prefix = "dry|" if spec.dry_run else ""
         out = []
         cooled: set[str] = set()
         for found in self.find(rule, now, cursor={}):
@@ -368,15 +417,28 @@ class RuleEngine:
                 continue
             t = found.trigger
             held = None
-            if found.dedup_key in done:
+            if _before(found.cursor or {}, start):
+                held = "before the rule's start (backfill: true acts on it)"
+            elif prefix + found.dedup_key in done:
                 held = "fired before"
             elif t.segment in cooled or (rule.id and self.cooling(rule, t.segment, now)):
                 held = "cooldown"
-            if cooldown_of(rule.spec) > 0:
+            if cooldown_of(spec) > 0:
                 cooled.add(t.segment)
             dry = [self._run_action(a, t, dry_run=True).to_json() for a in actions]
             out.append({"trigger": _trigger_json(t), "held": held, "actions": dry})
-        return Evaluation(rule=rule.spec.name, triggers=out)
+        return Evaluation(rule=spec.name, triggers=out)
+
+
+def _before(cursor: Mapping[str, Any], start: Mapping[str, Any]) -> bool:
+    """Whether a stream position lies at or before a rule's start."""
+    if "alarm_id" in cursor and "alarm_id" in start:
+        return int(cursor["alarm_id"]) <= int(start["alarm_id"])
+    if cursor.get("received_at") and start.get("received_at"):
+        at = (dt.datetime.fromisoformat(cursor["received_at"]), str(cursor.get("id", "")))
+        head = (dt.datetime.fromisoformat(start["received_at"]), str(start.get("id", "")))
+        return at <= head
+    return False
 
 
 def cooldown_of(spec: RuleSpec) -> float:

@@ -291,7 +291,7 @@ def recall(
             int(r.id): r
             for r in conn.execute(
                 sa.select(t.c.id, t.c.query, t.c.answer, t.c.source, t.c.created_at).where(
-                    t.c.project_id == project_id, t.c.id.in_(list(best))
+                    t.c.project_id == project_id, t.c.id.in_(list(best)), t.c.active.is_(True)
                 )
             )
         }

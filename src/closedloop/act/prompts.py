@@ -419,16 +419,23 @@ def resolve(engine: Engine, project_id: int, name: str, *, label: str = "product
     )
 
 
-def _source(example: Mapping[str, Any]) -> str | None:
-    found = example.get("interaction_id")
-    return found if isinstance(found, str) else None
+def _learned_from(example: Mapping[str, Any], interactions: set[str], feedback: set[str]) -> bool:
+    return example.get("interaction_id") in interactions or example.get("feedback_id") in feedback
 
 
-def forget_examples(conn: Connection, project_id: int, interaction_ids: Collection[str]) -> int:
-    """Remove the examples learned from ``interaction_ids`` from every version of every prompt
-    of the project, within the caller's transaction; how many were removed (for erasure)."""
-    wanted = {str(i) for i in interaction_ids}
-    if not wanted:
+def forget_examples(
+    conn: Connection,
+    project_id: int,
+    interaction_ids: Collection[str],
+    feedback_ids: Collection[str] = (),
+) -> int:
+    """Remove the examples learned from ``interaction_ids`` or from the feedback
+    ``feedback_ids`` (a user's correction of another's answer) from every version of every
+    prompt of the project, within the caller's transaction; how many were removed (for
+    erasure)."""
+    interactions = {str(i) for i in interaction_ids}
+    feedback = {str(i) for i in feedback_ids}
+    if not interactions and not feedback:
         return 0
     p = models.prompts
     rows = conn.execute(
@@ -439,7 +446,11 @@ def forget_examples(conn: Connection, project_id: int, interaction_ids: Collecti
     removed = 0
     for row in rows:
         examples = json.loads(row.examples)
-        kept = [e for e in examples if not (isinstance(e, Mapping) and _source(e) in wanted)]
+        kept = [
+            e
+            for e in examples
+            if not (isinstance(e, Mapping) and _learned_from(e, interactions, feedback))
+        ]
         if len(kept) == len(examples):
             continue
         removed += len(examples) - len(kept)

@@ -490,7 +490,15 @@ def firings(
                 "dry_run": bool(row.dry_run),
                 "trigger": json.loads(row.trigger),
                 "baseline": json.loads(row.baseline),
-                "actions": json.loads(row.actions),
+                **_actions_json(json.loads(row.actions)),
             }
             for row in rows
         ]
+
+
+def _actions_json(stored: Any) -> dict[str, Any]:
+    """A firing's actions: their results, and ``pending`` while a run has not finished them
+    (stored as JSON null, or ``{"done": [...]}`` part way)."""
+    if isinstance(stored, list):
+        return {"actions": stored, "pending": False}
+    return {"actions": list((stored or {}).get("done", [])), "pending": True}

@@ -22,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,56 +93,73 @@ def _select_ids(conn: sa.Connection, column: Any, where: Any, values: Iterable[s
     return found
 
 
-def _mentioning(column: Any, key: str, ids: Sequence[str]) -> Any:
-    """Rows whose JSON text in ``column`` holds ``"key": "<id>"`` for one of ``ids``."""
-    return sa.or_(*[column.contains(f"{json.dumps(key)}: {json.dumps(i)}") for i in ids])
+_ID_CHAR = r"A-Za-z0-9._:\-"  # the characters of an event id (closedloop.events)
+
+
+def _mentions(text: str, ids: Collection[str]) -> bool:
+    """Whether ``text`` (JSON, possibly holding JSON in strings) names one of ``ids`` whole."""
+    return any(re.search(f"(?<![{_ID_CHAR}]){re.escape(i)}(?![{_ID_CHAR}])", text) for i in ids)
 
 
 def _scrub_actions(
     conn: sa.Connection, project_id: int, interaction_ids: set[str], feedback_ids: set[str]
 ) -> dict[str, int]:
     """The user's words that the act stage copied: a rule firing's snapshot of their feedback,
-    the results of actions that quoted their interactions (a prompt candidate's examples), the
-    webhooks carrying their feedback (deleted while not yet delivered, emptied after), and the
-    few-shot examples of prompt versions."""
+    the results of actions that quoted their interactions or feedback (a prompt candidate's
+    examples, a dry run's body), the webhooks carrying their feedback (deleted while not yet
+    delivered, emptied after), and the few-shot examples of prompt versions. Rows are picked
+    by a LIKE on each id (wildcards escaped), then checked exactly."""
     from closedloop.act.prompts import forget_examples
 
     fr, wd = models.firings, models.webhook_deliveries
-    firings = deliveries = 0
-    for chunk in _chunks(sorted(feedback_ids)):
-        mine = sa.and_(
-            fr.c.project_id == project_id, _mentioning(fr.c.trigger, "feedback_id", chunk)
-        )
-        for row in conn.execute(sa.select(fr.c.id, fr.c.trigger).where(mine)).all():
-            trigger = json.loads(row.trigger)
-            trigger["snapshot"] = {"erased": True}
-            conn.execute(fr.update().where(fr.c.id == row.id).values(trigger=json.dumps(trigger)))
-            firings += 1
-        theirs = sa.and_(
-            wd.c.project_id == project_id, _mentioning(wd.c.payload, "feedback_id", chunk)
-        )
-        deliveries += int(
-            conn.execute(wd.delete().where(theirs, wd.c.state != "delivered")).rowcount or 0
-        )
-        deliveries += int(
-            conn.execute(
-                wd.update().where(theirs, wd.c.state == "delivered").values(payload="{}")
-            ).rowcount
-            or 0
-        )
-    for chunk in _chunks(sorted(interaction_ids)):
-        quoted = sa.and_(
-            fr.c.project_id == project_id, _mentioning(fr.c.actions, "interaction_id", chunk)
-        )
-        for row in conn.execute(sa.select(fr.c.id, fr.c.actions).where(quoted)).all():
-            results = json.loads(row.actions) or []
+    ids = interaction_ids | feedback_ids
+    firings: set[int] = set()
+    deliveries: set[int] = set()
+    for chunk in _chunks(sorted(ids)):
+        like_trigger = [fr.c.trigger.contains(i, autoescape=True) for i in chunk]
+        like_actions = [fr.c.actions.contains(i, autoescape=True) for i in chunk]
+        rows = conn.execute(
+            sa.select(fr.c.id, fr.c.trigger, fr.c.actions).where(
+                fr.c.project_id == project_id, sa.or_(*like_trigger, *like_actions)
+            )
+        ).all()
+        for row in rows:
+            trigger, stored = json.loads(row.trigger), json.loads(row.actions)
+            changed = False
+            if (trigger.get("snapshot") or {}).get("feedback_id") in feedback_ids:
+                trigger["snapshot"], changed = {"erased": True}, True
+            results = stored if isinstance(stored, list) else (stored or {}).get("done", [])
             for result in results:
-                if any(json.dumps(i) in json.dumps(result.get("details")) for i in chunk):
-                    result["details"] = {"erased": True}
-            conn.execute(fr.update().where(fr.c.id == row.id).values(actions=json.dumps(results)))
-            firings += 1
-    examples = forget_examples(conn, project_id, interaction_ids)
-    return {"firings": firings, "webhook_deliveries": deliveries, "prompt_examples": examples}
+                if _mentions(json.dumps(result.get("details")), ids):
+                    result["details"], changed = {"erased": True}, True
+            if changed:
+                conn.execute(
+                    fr.update()
+                    .where(fr.c.id == row.id)
+                    .values(trigger=json.dumps(trigger), actions=json.dumps(stored))
+                )
+                firings.add(int(row.id))
+        rows = conn.execute(
+            sa.select(wd.c.id, wd.c.payload, wd.c.state).where(
+                wd.c.project_id == project_id,
+                sa.or_(*[wd.c.payload.contains(i, autoescape=True) for i in chunk]),
+            )
+        ).all()
+        for row in rows:
+            if int(row.id) in deliveries or not _mentions(row.payload, feedback_ids):
+                continue
+            where = wd.c.id == row.id
+            if row.state == "delivered":
+                conn.execute(wd.update().where(where).values(payload="{}"))
+            else:
+                conn.execute(wd.delete().where(where))
+            deliveries.add(int(row.id))
+    examples = forget_examples(conn, project_id, interaction_ids, feedback_ids)
+    return {
+        "firings": len(firings),
+        "webhook_deliveries": len(deliveries),
+        "prompt_examples": examples,
+    }
 
 
 def _delete(conn: sa.Connection, table: sa.Table, where: Any, values: Iterable[str]) -> int:
