@@ -139,6 +139,12 @@ def _phase_two(
     entries = _ok(client.get("/v1/knowledge", params={"limit": 200}, headers=auth))["entries"]
     reported = sorted({intent_of[e["answer"]] for e in entries if e["answer"] in intent_of})
     sdk = Client(api_key=secret_key, base_url=base)
+    # the SDK serves the fallback while its first fetch of a prompt is in flight: an app that
+    # starts takes the fallback for a moment; the demo waits for the first fetch instead
+    _wait(
+        lambda: sdk.get_prompt("support", fallback=SYSTEM, user_id="warm-up").variant != "fallback",
+        timeout=10.0,
+    )
     served_counts: dict[str, int] = {}
     events: list[dict[str, Any]] = []
     try:
@@ -192,7 +198,12 @@ def act_loop(
     rng = random.Random(seed)
     with _receiver() as (url, received), httpx.Client(base_url=base, timeout=60) as client:
         signing = _setup(client, auth, url)
+        # the worker runs the rules every 30 s too: while it does, the call is skipped
+        deadline = time.monotonic() + 30.0
         ran = _ok(client.post("/v1/act", headers=auth))
+        while ran["skipped"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            ran = _ok(client.post("/v1/act", headers=auth))
         fired = _ok(client.get("/v1/firings", params={"limit": 10}, headers=auth))["firings"]
         table = Table("rule", "segment", "actions", title="POST /v1/act: rules fired")
         for f in fired:
