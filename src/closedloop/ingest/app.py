@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qsl
 
 import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
@@ -50,6 +51,41 @@ from closedloop.runtime import Runtime
 from closedloop.settings import Settings, get_settings
 
 __all__ = ["create_app"]
+
+
+class _NoNul:
+    """Pure ASGI middleware: a NUL character in the path or a query parameter answers 400
+    naming it (PostgreSQL text cannot hold one; every route would otherwise fail on it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            field = _nul_field(scope)
+            if field is not None:
+                answer = problem(
+                    400,
+                    "Bad request",
+                    f"{field} contains a NUL character (%00); remove it",
+                    field=field,
+                )
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _nul_field(scope: Scope) -> str | None:
+    """The path or query parameter holding a NUL character, if any."""
+    if "\x00" in scope.get("path", ""):
+        return "path"
+    query = scope.get("query_string", b"")
+    if b"%00" not in query.lower() and b"\x00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or "query"
+    return "query"
 
 
 class _Timing:
@@ -269,6 +305,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(ProjectCors, origins=lambda: app.state.runtime.keys.origins())
+    app.add_middleware(_NoNul)
     app.add_middleware(_Timing)
     _handlers(app)
     app.include_router(events.router)
