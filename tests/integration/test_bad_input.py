@@ -551,8 +551,9 @@ async def test_a_nul_character_is_rejected_alike_on_every_database_and_never_rea
         ("/v1/firings?rule=a%00b", "rule"),
         ("/v1/actions/report?limit=5&rule=%00", "rule"),
         ("/v1/interactions?user_id=u%00", "user_id"),
-        ("/v1/rules/a%00b", "path"),
-        ("/v1/prompts/x%00/resolve", "path"),
+        ("/v1/rules/a%00b", "name"),
+        ("/v1/prompts/x%00/resolve", "name"),
+        ("/v1/interactions/i%00", "interaction_id"),
     ],
 )
 async def test_a_nul_character_in_a_path_or_query_parameter_answers_400_naming_it(
@@ -561,6 +562,18 @@ async def test_a_nul_character_in_a_path_or_query_parameter_answers_400_naming_i
     r = await client.get(url, headers=tenant.headers())
     assert r.status_code == 400, r.text
     assert r.json()["field"] == field
+
+
+async def test_a_nul_character_in_a_written_path_parameter_answers_400_naming_it(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    for url, field in (
+        ("/v1/knowledge/reindex/d%00/done", "doc_id"),
+        ("/v1/webhooks/h%00/rotate", "name"),
+    ):
+        r = await client.post(url, headers=tenant.headers())
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == field
 
 
 async def test_duplicate_ids_in_one_batch_store_the_first_and_report_the_second_as_duplicate(

@@ -357,6 +357,21 @@ async def test_post_exports_refuses_a_bad_kind_a_path_outside_and_the_public_key
     assert listing.status_code == 401
 
 
+@pytest.mark.parametrize(
+    "since", ["0001-01-01T00:00:00+00:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+)
+async def test_post_exports_answers_a_time_at_the_edge_of_the_range_without_a_500(
+    runtime: Runtime, tenant: Tenant, client: httpx.AsyncClient, since: str
+) -> None:
+    _seed(runtime, tenant)
+    answer = await client.post(
+        "/v1/exports", json={"kind": "dpo", "since": since}, headers=tenant.headers()
+    )
+    assert answer.status_code in (201, 400), answer.text
+    if answer.status_code == 400:
+        assert answer.json()["field"] == "since"
+
+
 async def test_post_exports_answers_502_when_the_bucket_cannot_be_written(
     runtime: Runtime, tenant: Tenant, client: httpx.AsyncClient, moto_s3: S3Store
 ) -> None:

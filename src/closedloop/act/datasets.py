@@ -97,7 +97,10 @@ class ExportFilters(pydantic.BaseModel):
     @pydantic.field_validator("since", "until")
     @classmethod
     def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
-        return utc(value)  # a naive time is UTC
+        try:
+            return utc(value)  # a naive time is UTC
+        except OverflowError:  # year 1 at +01:00 has no UTC time
+            raise ValueError("lies outside the representable range of times") from None
 
     @pydantic.model_validator(mode="after")
     def _window(self) -> ExportFilters:
@@ -225,7 +228,10 @@ def _read(analytics: Analytics, project_id: int, filters: ExportFilters) -> list
     )
     # feedback is read from a day before the window (a client's clock may run behind), and
     # after it: the correction may come long after the answer
-    since = filters.since - dt.timedelta(days=1) if filters.since is not None else None
+    try:
+        since = filters.since - dt.timedelta(days=1) if filters.since is not None else None
+    except OverflowError:  # a day before the first representable time: no lower bound
+        since = None
     table = analytics.arrow(
         sql, project_id=project_id, since=since, params=params, tables=tables or None
     )

@@ -54,8 +54,9 @@ __all__ = ["create_app"]
 
 
 class _NoNul:
-    """Pure ASGI middleware: a NUL character in the path or a query parameter answers 400
-    naming it (PostgreSQL text cannot hold one; every route would otherwise fail on it)."""
+    """Pure ASGI middleware: a NUL character in a query parameter answers 400 naming it
+    (PostgreSQL text cannot hold one; every route would otherwise fail on it). Path
+    parameters refuse it by their pattern (:data:`closedloop.ingest.deps.NO_NUL`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -76,9 +77,7 @@ class _NoNul:
 
 
 def _nul_field(scope: Scope) -> str | None:
-    """The path or query parameter holding a NUL character, if any."""
-    if "\x00" in scope.get("path", ""):
-        return "path"
+    """The query parameter holding a NUL character, if any."""
     query = scope.get("query_string", b"")
     if b"%00" not in query.lower() and b"\x00" not in query:
         return None

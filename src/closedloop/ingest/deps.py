@@ -9,7 +9,10 @@ from closedloop.errors import AuthError, QueueFull
 from closedloop.runtime import Runtime
 from closedloop.types import ProjectKey
 
-__all__ = ["get_runtime", "is_not_at_capacity", "require_key", "require_secret_key"]
+#: The pattern of a text path parameter: no NUL character (PostgreSQL text cannot hold one).
+NO_NUL = r"^[^\x00]*$"
+
+__all__ = ["NO_NUL", "get_runtime", "is_not_at_capacity", "require_key", "require_secret_key"]
 
 
 def get_runtime(request: Request) -> Runtime:

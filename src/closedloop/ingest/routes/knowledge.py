@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from closedloop.act import knowledge, reindex
 from closedloop.errors import ConfigError
 from closedloop.events import LIMITS
-from closedloop.ingest.deps import get_runtime, require_secret_key
+from closedloop.ingest.deps import NO_NUL, get_runtime, require_secret_key
 from closedloop.types import ProjectKey
 
 __all__ = ["router"]
@@ -22,7 +22,7 @@ Key = Annotated[ProjectKey, Depends(require_secret_key)]
 # Checked by the handlers, not pydantic: the app's validation handler drops a location part
 # named "query" from the field it reports, and these fields are named so.
 Text = str
-DocId = Annotated[str, Path(min_length=1, max_length=256)]
+DocId = Annotated[str, Path(pattern=NO_NUL, min_length=1, max_length=256)]
 FlagState = Literal["flagged", "notified", "reindexed"]
 
 

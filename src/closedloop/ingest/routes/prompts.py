@@ -17,7 +17,7 @@ from closedloop.act import ab
 from closedloop.act import prompts as registry
 from closedloop.act.candidates import build_candidate
 from closedloop.errors import ConfigError, NotFound
-from closedloop.ingest.deps import get_runtime, require_key, require_secret_key
+from closedloop.ingest.deps import NO_NUL, get_runtime, require_key, require_secret_key
 from closedloop.types import ProjectKey
 
 __all__ = ["router"]
@@ -26,7 +26,9 @@ router = APIRouter(prefix="/v1", tags=["prompts"])
 
 Key = Annotated[ProjectKey, Depends(require_secret_key)]
 AnyKey = Annotated[ProjectKey, Depends(require_key)]
-Name = Annotated[str, Path(min_length=1, max_length=128, description="The prompt's name.")]
+Name = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=128, description="The prompt's name.")
+]
 MAX_INT = 2**31 - 1
 
 

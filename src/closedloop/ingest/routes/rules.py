@@ -16,7 +16,7 @@ from closedloop.act.effect import effect_report, rule_summaries
 from closedloop.act.engine import EngineStats, RulesFailed
 from closedloop.act.rules import RuleError, RuleSpec, apply_rules, error_loc, parse_rules
 from closedloop.errors import ConfigError, JobError
-from closedloop.ingest.deps import get_runtime, require_secret_key
+from closedloop.ingest.deps import NO_NUL, get_runtime, require_secret_key
 from closedloop.runtime import Runtime
 from closedloop.store.queries import instant
 from closedloop.types import ProjectKey
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1", tags=["rules"])
 
 Key = Annotated[ProjectKey, Depends(require_secret_key)]
 _YAML_BODY = {"requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}}}
-RuleName = Annotated[str, Path(max_length=128, description="The rule's name.")]
+RuleName = Annotated[str, Path(pattern=NO_NUL, max_length=128, description="The rule's name.")]
 
 
 def _spec(runtime: Runtime, raw: Any) -> RuleSpec:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from closedloop.act.webhooks.endpoints import Endpoints
 from closedloop.act.webhooks.outbox import deliveries, enqueue, retry
 from closedloop.act.webhooks.ssrf import SsrfGuard
-from closedloop.ingest.deps import get_runtime, require_secret_key
+from closedloop.ingest.deps import NO_NUL, get_runtime, require_secret_key
 from closedloop.store.db import utcnow
 from closedloop.types import ProjectKey
 
@@ -19,7 +19,9 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
 Key = Annotated[ProjectKey, Depends(require_secret_key)]
-Name = Annotated[str, Path(min_length=1, max_length=64, description="The endpoint's name.")]
+Name = Annotated[
+    str, Path(pattern=NO_NUL, min_length=1, max_length=64, description="The endpoint's name.")
+]
 State = Literal["pending", "sending", "delivered", "failed", "dead"]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"description": "No such endpoint or delivery in this project."}
