@@ -1,1 +1,2 @@
-"""Act: rules that fire actions, and the measurement of their effect (built by later work)."""
+"""Act: rules that fire actions (webhooks, review tasks, dataset exports, prompt candidates,
+knowledge-base refreshes), and the measurement of each firing's effect against a control."""

@@ -442,6 +442,10 @@ class ExportAction:
         self.params = params
         self.context = context
 
+    @classmethod
+    def _unit_test_params(cls) -> list[dict[str, Any]]:
+        return [{"kind": "dpo"}, {"kind": "finetune", "validation_share": 0.2, "min_rows": 5}]
+
     def _filters(self, trigger: Trigger) -> ExportFilters:
         p = self.params
         prompt, prompt_version = p.prompt, p.prompt_version

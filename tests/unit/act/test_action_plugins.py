@@ -81,3 +81,14 @@ def test_something_that_is_not_an_action_is_refused(register: Any) -> None:
     register([object])
     with pytest.raises(TypeError, match="not an action"):
         action_kinds(load_entrypoints=False)
+
+
+def test_every_builtin_actions_sample_parameters_validate() -> None:
+    # river's convention, as the drift detectors: each kind lists parameters it accepts
+    kinds = action_kinds(load_entrypoints=False)
+    for name in ("webhook", "review", "export", "prompt_candidate", "kb_refresh"):
+        samples = list(kinds[name]._unit_test_params())
+        assert samples, name
+        for params in samples:
+            validated = build_action(name, params, None, kinds=kinds)
+            assert isinstance(validated, pydantic.BaseModel), (name, params)
