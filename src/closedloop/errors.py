@@ -7,6 +7,8 @@ Every error that closedloop raises on purpose is a :class:`ClosedLoopError`::
         + QueryError           - an analytics query failed or is not a read (HTTP 400)
       x ContractError          - an event does not satisfy the wire contract
       x AuthError              - a key is missing, malformed, unknown or revoked
+        + Forbidden            - signed in, but the role or the CSRF token does not allow it
+        + RateLimited          - too many failed sign-ins; retry after a pause (HTTP 429)
       x NotFound               - the object does not exist in the caller's project
       x IngestError
         + QueueFull            - the write queue is full; retry after a pause (HTTP 429)
@@ -29,6 +31,7 @@ __all__ = [
     "ClosedLoopError",
     "ConfigError",
     "ContractError",
+    "Forbidden",
     "IngestError",
     "JobError",
     "LakeError",
@@ -36,6 +39,7 @@ __all__ = [
     "PayloadTooLarge",
     "QueryError",
     "QueueFull",
+    "RateLimited",
     "StorageError",
     "StorageUnavailable",
 ]
@@ -77,6 +81,18 @@ class ContractError(ClosedLoopError, ValueError):
 
 class AuthError(ClosedLoopError):
     """A key is missing, malformed, unknown or revoked."""
+
+
+class Forbidden(AuthError):
+    """The caller is known, but its role, or a missing CSRF token, does not allow this (403)."""
+
+
+class RateLimited(AuthError):
+    """Too many failed sign-ins for this account or address; retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(ClosedLoopError):

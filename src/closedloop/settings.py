@@ -356,6 +356,23 @@ class Settings(BaseSettings):
         description="Negative answers a retrieved document must be tied to before it is "
         "flagged for re-indexing (default 3).",
     )
+    ui_session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        description="How long a dashboard sign-in lasts, in hours (default 12); signing out, a "
+        "password change or disabling the account ends it sooner.",
+    )
+    ui_login_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="Failed dashboard sign-ins allowed per account in a login window (default "
+        "5; four times as many per client address); then 429 until the window ends.",
+    )
+    ui_login_window_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="The login rate limit's window, in seconds (default 900).",
+    )
     access_log: bool = Field(
         default=False,
         description="Log every HTTP request (default false: /metrics counts requests by route "

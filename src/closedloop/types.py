@@ -43,6 +43,9 @@ class ProjectKey:
     kind: KeyKind
     key_id: int
     cors_origins: tuple[str, ...] = ()
+    #: A signed-in dashboard user in place of a key (``key_id`` 0): their address and role.
+    user: str | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

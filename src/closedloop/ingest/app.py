@@ -20,9 +20,11 @@ from closedloop.errors import (
     AuthError,
     ConfigError,
     ContractError,
+    Forbidden,
     NotFound,
     PayloadTooLarge,
     QueueFull,
+    RateLimited,
     StorageError,
     StorageUnavailable,
 )
@@ -49,6 +51,7 @@ from closedloop.ingest.routes import (
 from closedloop.ingest.routes import otlp as otlp_routes
 from closedloop.runtime import Runtime
 from closedloop.settings import Settings, get_settings
+from closedloop.ui import app as ui
 
 __all__ = ["create_app"]
 
@@ -117,32 +120,52 @@ class _Timing:
                 runtime.metrics.requests.labels(route=path, status=str(status)).inc()
 
 
+def _ui_or(request: Request, status: int, title: str, detail: str, api: Response) -> Response:
+    """The dashboard's HTML error page for a ``/ui`` request, else the API's answer."""
+    from closedloop.ui.app import error_page, is_ui
+
+    return error_page(request, status, title, detail) if is_ui(request) else api
+
+
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(UnsupportedMediaType)
     async def _media(_: Request, exc: UnsupportedMediaType) -> Response:
         return problem(415, "Unsupported media type", f"{exc}", field=exc.field)
 
     @app.exception_handler(ContractError)
-    async def _contract(_: Request, exc: ContractError) -> Response:
-        return problem(400, "Bad request", f"{exc}", field=exc.field or None)
+    async def _contract(request: Request, exc: ContractError) -> Response:
+        api = problem(400, "Bad request", f"{exc}", field=exc.field or None)
+        return _ui_or(request, 400, "Bad request", str(exc), api)
 
     @app.exception_handler(ConfigError)
-    async def _config(_: Request, exc: ConfigError) -> Response:
-        return problem(400, "Bad request", str(exc), field=getattr(exc, "field", None))
+    async def _config(request: Request, exc: ConfigError) -> Response:
+        api = problem(400, "Bad request", str(exc), field=getattr(exc, "field", None))
+        return _ui_or(request, 400, "Bad request", str(exc), api)
 
     @app.exception_handler(AuthError)
-    async def _auth(_: Request, exc: AuthError) -> Response:
-        return problem(
+    async def _auth(request: Request, exc: AuthError) -> Response:
+        api = problem(
             401,
             "Unauthorized",
             str(exc),
             field="authorization",
             headers={"www-authenticate": "Bearer"},
         )
+        return _ui_or(request, 401, "Unauthorized", str(exc), api)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        api = problem(403, "Forbidden", str(exc))
+        return _ui_or(request, 403, "Not allowed", str(exc), api)
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(request: Request, exc: RateLimited) -> Response:
+        retry = {"retry-after": str(max(1, round(exc.retry_after)))}
+        return problem(429, "Too many requests", str(exc), headers=retry)
 
     @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> Response:
-        return problem(404, "Not found", str(exc))
+    async def _not_found(request: Request, exc: NotFound) -> Response:
+        return _ui_or(request, 404, "Not found", str(exc), problem(404, "Not found", str(exc)))
 
     @app.exception_handler(PayloadTooLarge)
     async def _too_large(_: Request, exc: PayloadTooLarge) -> Response:
@@ -185,27 +208,22 @@ def _handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
         loc = [str(p) for p in first.get("loc", ())]
         if loc and loc[0] in ("query", "path", "body", "header"):  # where, not which field
             loc = loc[1:]
-        return problem(
-            400,
-            "Bad request",
-            f"{first.get('msg', 'invalid value')}; fix the parameter and retry",
-            field=".".join(loc) or None,
-        )
+        detail = f"{first.get('msg', 'invalid value')}; fix the parameter and retry"
+        field = ".".join(loc) or None
+        api = problem(400, "Bad request", detail, field=field)
+        return _ui_or(request, 400, "Bad request", f"{field}: {detail}", api)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         titles = {404: "Not found", 405: "Method not allowed", 409: "Conflict"}
-        return problem(
-            exc.status_code,
-            titles.get(exc.status_code, "Error"),
-            str(exc.detail),
-            headers=dict(exc.headers or {}),
-        )
+        title = titles.get(exc.status_code, "Error")
+        api = problem(exc.status_code, title, str(exc.detail), headers=dict(exc.headers or {}))
+        return _ui_or(request, exc.status_code, title, str(exc.detail), api)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -323,5 +341,6 @@ def create_app(
     app.include_router(ops.router)
     app.include_router(otlp_routes.router)
     app.include_router(browser.router)
+    ui.install(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

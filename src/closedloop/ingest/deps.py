@@ -9,6 +9,9 @@ from closedloop.errors import AuthError, QueueFull
 from closedloop.runtime import Runtime
 from closedloop.types import ProjectKey
 
+#: The dashboard's session cookie: the API accepts a signed-in session in place of a key.
+SESSION_COOKIE = "closedloop_session"
+
 #: The pattern of a text path parameter: no NUL character (PostgreSQL text cannot hold one).
 NO_NUL = r"^[^\x00]*$"
 
@@ -30,12 +33,17 @@ def _bearer(request: Request) -> str:
 
 
 async def require_key(request: Request) -> ProjectKey:
-    """The verified key of the request (public or secret).
+    """The verified key of the request (public or secret), or the project access of a
+    signed-in dashboard session (:func:`closedloop.ui.session.api_session_key`).
 
     A cached key costs no thread hop; an uncached one is looked up in the thread pool, so the
     event loop never waits on the database.
     """
     runtime = get_runtime(request)
+    if "authorization" not in request.headers and SESSION_COOKIE in request.cookies:
+        from closedloop.ui.session import api_session_key  # the dashboard's sign-in
+
+        return await api_session_key(request)
     token = _bearer(request)
     cached = runtime.keys.cached(token)
     if cached is not None:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "users",
+    "ui_sessions",
+    "memberships",
+    "login_failures",
     "ab_tests",
     "analysis_state",
     "api_keys",
@@ -583,4 +587,52 @@ reindex_flags = sa.Table(
     sa.Column("first_flagged_at", Ts, nullable=False),
     sa.Column("last_flagged_at", Ts, nullable=False),
     sa.Column("notified_at", Ts),
+)
+
+# Dashboard users, their role in each project, their sessions, and failed sign-ins per account
+# and per address (the login rate limit holds across processes and restarts).
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("email", sa.String(254), nullable=False, unique=True),
+    sa.Column("password_hash", sa.Text, nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("disabled_at", Ts),
+)
+
+memberships = sa.Table(
+    "memberships",
+    metadata,
+    sa.Column(
+        "user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column(
+        "project_id",
+        sa.Integer,
+        sa.ForeignKey("projects.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+)
+
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("created_at", Ts, nullable=False),
+    sa.Column("expires_at", Ts, nullable=False),
+    sa.Index("ix_ui_sessions_user", "user_id"),
+)
+
+login_failures = sa.Table(
+    "login_failures",
+    metadata,
+    sa.Column("bucket", sa.String(320), primary_key=True),
+    sa.Column("window_start", Ts, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
 )
