@@ -3,6 +3,7 @@ the one ingest path (redacted, joined), 409 on a second answer, tenancy, and the
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 
@@ -53,6 +54,23 @@ def test_next_hands_out_tasks_by_priority_and_claims_each(runtime: Runtime, tena
     # a reviewer who asks again gets back the task they hold, never another's
     again = review.next_task(runtime.engine, tenant.project_id, reviewer="bob")
     assert again is not None and again.id == mid
+
+
+def test_a_claim_nobody_acted_on_lapses_and_another_reviewer_takes_the_task(
+    runtime: Runtime, tenant: Tenant
+) -> None:
+    (interaction,) = _interactions(runtime, tenant, 1)
+    task = review.create_task(runtime.engine, tenant.project_id, interaction_id=interaction)
+    held = review.next_task(runtime.engine, tenant.project_id, reviewer="ann")
+    assert held is not None and held.id == task
+    assert review.next_task(runtime.engine, tenant.project_id, reviewer="bob") is None
+    t = models.review_tasks
+    with runtime.engine.begin() as conn:  # ann opened the queue and walked away
+        then = utcnow() - review.CLAIM_LAPSES - dt.timedelta(minutes=1)
+        conn.execute(t.update().where(t.c.id == task).values(updated_at=then))
+    taken = review.next_task(runtime.engine, tenant.project_id, reviewer="bob")
+    assert taken is not None and taken.id == task and taken.assignee == "bob"
+    assert review.next_task(runtime.engine, tenant.project_id, reviewer="ann") is None
 
 
 def test_reviewers_asking_at_once_never_get_the_same_task(runtime: Runtime, tenant: Tenant) -> None:

@@ -246,16 +246,25 @@ def tasks(
         return [_task(r) for r in conn.execute(query)]
 
 
+#: A claim nobody acted on for this long lapses: another reviewer may take the task (a
+#: reviewer who opened the queue and walked away does not hold it for ever).
+CLAIM_LAPSES = dt.timedelta(minutes=30)
+
+
 def next_task(engine: Engine, project_id: int, *, reviewer: str) -> Task | None:
     """Claim the next task for ``reviewer``: the open one of highest priority, oldest first,
-    that nobody else holds (one the reviewer already holds comes back). ``None`` when the
-    queue is empty."""
+    that nobody else holds (one the reviewer already holds comes back; another's claim
+    lapses after :data:`CLAIM_LAPSES`). ``None`` when the queue is empty."""
     reviewer = _name("reviewer", reviewer)
     t = models.review_tasks
     free = sa.and_(
         t.c.project_id == project_id,
         t.c.state == "open",
-        sa.or_(t.c.assignee.is_(None), t.c.assignee == reviewer),
+        sa.or_(
+            t.c.assignee.is_(None),
+            t.c.assignee == reviewer,
+            t.c.updated_at < utcnow() - CLAIM_LAPSES,
+        ),
     )
     first = (
         sa.select(t.c.id).where(free).order_by(t.c.priority.desc(), t.c.created_at, t.c.id).limit(1)
