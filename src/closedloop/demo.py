@@ -166,21 +166,35 @@ def _free_port() -> int:
         return port
 
 
-def _keys(settings: Settings) -> tuple[str, str]:
+#: The demo's dashboard account; its password is made up anew on every run and printed.
+DEMO_ADMIN = "admin@demo.local"
+
+
+def _keys(settings: Settings) -> tuple[str, str, str]:
+    """The demo project's fresh public and secret keys, and a fresh password of its admin."""
+    import secrets
+
     from closedloop.store import migrate
     from closedloop.store.db import create_engine
     from closedloop.store.projects import Projects
+    from closedloop.store.users import Role, Users
 
     engine = create_engine(settings.resolved_database_url())
     try:
         migrate.upgrade(engine)
         projects = Projects(engine)
         try:
-            projects.get("demo")
+            project = projects.get("demo")
+            public, secret = projects.rotate("demo", "public"), projects.rotate("demo", "secret")
         except NotFound:
-            _, public, secret = projects.create("demo")
-            return public, secret
-        return projects.rotate("demo", "public"), projects.rotate("demo", "secret")
+            project, public, secret = projects.create("demo")
+        users, password = Users(engine), secrets.token_urlsafe(12)
+        try:
+            users.set_password(DEMO_ADMIN, password)
+        except NotFound:
+            users.create(DEMO_ADMIN, password)
+        users.grant(DEMO_ADMIN, project.id, Role.ADMIN)
+        return public, secret, password
     finally:
         engine.dispose()
 
@@ -198,7 +212,7 @@ def run_demo(
 
     from closedloop.ingest.app import create_app
 
-    public, secret = _keys(settings)
+    public, secret, password = _keys(settings)
     # the demo's alert receiver listens on the loopback interface: allowed for webhooks here
     settings = settings.with_overrides(webhook_allow=[*settings.webhook_allow, "127.0.0.1/32"])
     port = port or _free_port()
@@ -215,6 +229,7 @@ def run_demo(
     console.print(f"closedloop demo: server on [bold]{base}[/] (data in {settings.data_dir})")
     try:
         report = _send_and_show(base, public, secret, n, console)
+        _print_dashboard(console, base if keep_serving else None, password)
         if keep_serving:
             console.print(f"serving on {base} (API docs at {base}/docs); Ctrl+C stops")
             while thread.is_alive():
@@ -225,6 +240,22 @@ def run_demo(
         server.should_exit = True
         thread.join(30)
     return report
+
+
+def _print_dashboard(console: Console, base: str | None, password: str) -> None:
+    """Where to see it all: the dashboard's link and the demo admin's sign-in."""
+    if base is not None:
+        where = f"open [bold]{base}/ui/[/]"
+    else:
+        where = (
+            "run [bold]closedloop serve[/] (or [bold]closedloop demo --keep-serving[/]) and open "
+            "[bold]http://127.0.0.1:8484/ui/[/]"
+        )
+    console.print(
+        f"\n[bold]Dashboard:[/] {where}; sign in as [bold]{DEMO_ADMIN}[/] with the password "
+        f"[bold]{password}[/] (made up anew on every run)",
+        highlight=False,
+    )
 
 
 def _send_and_show(base: str, public: str, secret: str, n: int, console: Console) -> DemoReport:

@@ -242,6 +242,9 @@ def act_loop(
         )
         tasks = _ok(client.get("/v1/review/tasks", params={"state": "open"}, headers=auth))
         entries = _ok(client.get("/v1/knowledge", params={"limit": 200}, headers=auth))
+        # the local receiver stops with the demo: its endpoint goes too, so later firings
+        # do not pile up deliveries to a port nobody listens on
+        client.delete("/v1/webhooks/demo-alerts", headers=auth)
     _print_effect(console, report["firings"][:1])
     console.print(
         f"review queue: {len(tasks.get('tasks', []))} open tasks; knowledge base: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from closedloop.cli import app
+from closedloop.demo import DEMO_ADMIN
 from closedloop.sdk.envelope import make_event
 from closedloop.store.db import create_engine
+from closedloop.store.users import Users
 
 
 @pytest.fixture
@@ -124,11 +127,26 @@ def test_demo_sends_the_sample_through_http_and_everything_is_stored(
     assert "support-prompt-quality" in text and "signature verified" in text
     assert "did support-prompt-quality fix prompt=support@4?" in text
     assert _count(cli_env, "firings") >= 1 and _count(cli_env, "ab_tests") == 1
+    # the dashboard: its link, and a demo admin whose printed password signs in
+    password = _demo_password(text)
+    assert "/ui/" in text and DEMO_ADMIN in text
+    engine = create_engine(cli_env)
+    try:
+        assert Users(engine).authenticate(DEMO_ADMIN, password).role_in("demo") == "admin"
+    finally:
+        engine.dispose()
     # Re-running the demo adds a fresh sample and keeps the old one; the rule is cooling.
     again = CliRunner().invoke(app, ["demo", "--interactions", "120"])
     assert again.exit_code == 0, again.output
     assert _count(cli_env, "interactions") == 2 * (120 + 960)
     assert "held by cooldown" in _text(again)
+    assert _demo_password(_text(again)) != password, "a fresh password on every run"
+
+
+def _demo_password(text: str) -> str:
+    found = re.search(r"with the password\s+(\S+)\s+\(made up", text)
+    assert found, text
+    return found.group(1)
 
 
 def test_db_upgrade_is_idempotent(cli_env: str) -> None:

@@ -33,6 +33,8 @@ from closedloop.ingest.app import create_app
 from closedloop.runtime import Runtime
 from closedloop.store import models
 from closedloop.store.db import utcnow
+from closedloop.store.users import Role, Users
+from closedloop.ui.session import COOKIE
 from tests.conftest import Tenant
 from tests.integration.test_otlp_tenancy import check_post_traces
 
@@ -239,6 +241,7 @@ class World:
     b: Tenant
     openapi: dict[str, Any]
     cursors: dict[str, str]
+    ui_ids: dict[str, str] | None = None  # A's objects, made once for the dashboard checks
 
     def callers(self) -> dict[str, dict[str, str]]:
         """Every caller but A's secret key."""
@@ -1093,6 +1096,82 @@ def _act_check(method: str) -> Check:
     return check
 
 
+# ---------------------------------------------------------------------------------------------
+# The dashboard: B's admin, signed in, against A's project and A's objects.
+
+B_ADMIN = "admin@globex.example"
+
+
+def _ui_fill(path: str, project: str, ids: Mapping[str, str]) -> str:
+    """A dashboard path aimed at ``project`` and at A's objects (``{name}`` by the page)."""
+    section = path.split("/")[4] if path.count("/") >= 4 else ""
+    names = {"rules": A_RULE, "prompts": A_PROMPT, "webhooks": A_HOOK}
+    values = {
+        **ids,
+        "project": project,
+        "name": names.get(section, A_RULE),
+        "id": ids["issue_id"],
+        "lookup": "cl_sk_0000000000",
+    }
+    return _fill(path, values)
+
+
+async def check_ui(w: World, path: str, method: str) -> None:
+    """A dashboard route: without a session it shows nothing of A's (pages redirect to the
+    sign-in); B's admin, signed in with a valid CSRF token, gets 404 on A's project, and on
+    B's own project aimed at A's objects sees nothing of A's; A's project does not change."""
+    if path.startswith("/ui/static") or not path.startswith("/ui/p/"):
+        url = path + "/ui.css" if path.startswith("/ui/static") else path
+        r = await w.client.request("GET" if method == "*" else method, url)
+        assert r.status_code in (200, 303, 307, 403), (method, path, r.status_code)
+        assert_no_leak(r, who="no session")
+        return
+    if w.ui_ids is None:
+        w.ui_ids = {**A_OBJECT, **await _acted(w), "issue_id": await _a_issue(w)}
+        users = Users(w.runtime.engine)
+        users.create(B_ADMIN, "correct horse battery")
+        users.grant(B_ADMIN, w.b.project_id, Role.ADMIN)
+    ids = w.ui_ids
+    before = await act_view(w)
+    users = Users(w.runtime.engine)
+    form = {"csrf_token": "", "version": "1", "kind": "secret", "origins": "",
+            "email": B_ADMIN, "role": "viewer", "label": "x", "rating": "1"}  # fmt: skip
+    url_a = _ui_fill(path, w.a.name, ids)
+    r = await w.client.request(method, url_a, data=form if method == "POST" else None)
+    assert r.status_code == 303 and "/ui/login" in r.headers["location"], (url_a, r.text)
+    token, session = users.start_session(users.get(B_ADMIN), lifetime=dt.timedelta(hours=1))
+    w.client.cookies.set(COOKIE, token)
+    try:
+        form["csrf_token"] = session.csrf
+        r = await w.client.request(method, url_a, data=form if method == "POST" else None)
+        assert r.status_code == 404, (method, url_a, r.status_code, r.text[:300])
+        assert_no_leak(r, echoed=[*ids.values(), w.a.name], who="B's admin")
+        url_b = _ui_fill(path, w.b.name, ids)
+        r = await w.client.request(method, url_b, data=form if method == "POST" else None)
+        assert r.status_code < 500, (method, url_b, r.text[:500])
+        assert_no_leak(r, echoed=ids.values(), who="B's admin on B")
+    finally:
+        w.client.cookies.clear()
+    assert await act_view(w) == before, f"{method} {path} changed project A"
+
+
+async def _a_issue(w: World) -> str:
+    """The id of one of A's issues (the analysis run for real)."""
+    await _analyzed(w)
+    r = await w.client.get("/v1/issues", headers=w.a.headers())
+    return str(r.json()["issues"][0]["id"])
+
+
+UI_ROUTES = [route for route in ROUTES if route[1].startswith("/ui")]
+
+
+def _ui_check(method: str) -> Check:
+    async def check(w: World, path: str) -> None:
+        await check_ui(w, path, method)
+
+    return check
+
+
 CASES: dict[tuple[str, str], Check] = {
     ("POST", "/v1/traces"): check_post_traces,
     ("POST", "/v1/events"): check_post_events,
@@ -1132,6 +1211,7 @@ CASES: dict[tuple[str, str], Check] = {
     ("GET", "/metrics"): check_unauthenticated,
     **{("GET", path): check_act_list for path in ACT_LISTS},
     **{route: _act_check(route[0]) for route in ACT_CALLS},
+    **{route: _ui_check(route[0]) for route in UI_ROUTES},
 }
 
 
@@ -1152,13 +1232,25 @@ def test_the_matrix_covers_every_route_of_the_app_and_nothing_else() -> None:
     assert CASES.keys() - routes == set(), "stale entries in the tenancy matrix"
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
+API_ROUTES = [route for route in ROUTES if route not in UI_ROUTES]
+
+
+@pytest.mark.parametrize(("method", "path"), API_ROUTES, ids=[f"{m} {p}" for m, p in API_ROUTES])
 async def test_no_route_lets_another_project_read_or_touch_project_a(
     world: World, method: str, path: str
 ) -> None:
     check = CASES.get((method, path))
     assert check is not None, f"{method} {path} is not in the tenancy matrix: add a check"
     await check(world, path)
+
+
+async def test_no_dashboard_route_lets_another_project_read_or_touch_project_a(
+    world: World,
+) -> None:
+    """Every dashboard route in one world (A's objects made once: the pages read them all)."""
+    assert len(UI_ROUTES) > 10, "the dashboard's routes are enumerated"
+    for method, path in UI_ROUTES:
+        await CASES[(method, path)](world, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from fastapi import APIRouter, Depends
 from starlette.responses import HTMLResponse
 
+from closedloop import make_event
 from closedloop.ingest.app import create_app
 from closedloop.runtime import Runtime
 from closedloop.store.users import Role, Users
@@ -270,6 +271,15 @@ async def test_a_non_ascii_csrf_token_is_refused_not_an_error(
     assert out.status_code == 403
 
 
+async def test_a_nul_in_the_sign_in_email_is_a_wrong_sign_in_not_an_error(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    add_user(runtime, tenant.project_id, "ann@example.com")
+    answer = await _post_login(client, "ann\x00@example.com")
+    assert answer.status_code == 401 and "wrong" in answer.text
+    assert COOKIE not in client.cookies
+
+
 async def test_a_non_ascii_login_form_token_is_refused_not_an_error(
     client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
 ) -> None:
@@ -341,11 +351,16 @@ async def test_a_viewer_reads_but_may_not_write(
         content=_RULES,
         headers={"content-type": "application/yaml", "x-csrf-token": csrf},
     )
-    assert check.status_code == 403 and "admin role" in check.json()["detail"]
+    assert check.status_code == 200, check.text  # checking a file reads: any role may
+    put = await client.put("/v1/rules/x", json=_RULE, headers={"x-csrf-token": csrf})
+    assert put.status_code == 403 and "admin role" in put.json()["detail"]
     nxt = await client.post(
         "/v1/review/next", json={"reviewer": "vic"}, headers={"x-csrf-token": csrf}
     )
     assert nxt.status_code == 403
+    # an endpoint's URL may be a credential (Slack's are): only admins read webhooks
+    assert (await client.get("/v1/webhooks")).status_code == 403
+    assert (await client.get("/v1/webhooks/deliveries")).status_code == 403
 
 
 async def test_a_reviewer_works_the_queue_but_may_not_change_rules(
@@ -360,6 +375,29 @@ async def test_a_reviewer_works_the_queue_but_may_not_change_rules(
     put = await client.put("/v1/rules/x", json=_RULE, headers={"x-csrf-token": csrf})
     assert put.status_code == 403
     assert (await client.get("/v1/rules/x")).status_code == 404  # nothing was written
+
+
+async def test_a_signed_in_reviewer_answers_as_themself_whatever_the_body_names(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    event = make_event("interaction", {"input": "q", "output": "a"}, id="i-who")
+    r = await client.post("/v1/events", json={"events": [event]}, headers=tenant.headers())
+    assert r.status_code == 200, r.text
+    queued = await client.post(
+        "/v1/review/tasks", json={"interaction_id": "i-who"}, headers=tenant.headers()
+    )
+    assert queued.status_code == 201, queued.text
+    add_user(runtime, tenant.project_id, "rae@example.com", "reviewer")
+    csrf = {"x-csrf-token": await _sign_in(client, runtime, "rae@example.com")}
+    claimed = await client.post(
+        "/v1/review/next", json={"reviewer": "ceo@example.com"}, headers=csrf
+    )
+    assert claimed.status_code == 200 and claimed.json()["assignee"] == "rae@example.com"
+    task = claimed.json()["id"]
+    answer = {"reviewer": "ceo@example.com", "label": "bad"}
+    done = await client.post(f"/v1/review/tasks/{task}/answer", json=answer, headers=csrf)
+    assert done.status_code == 200, done.text
+    assert done.json()["answered_by"] == "rae@example.com"
 
 
 async def test_an_admins_write_needs_the_csrf_token_and_the_same_origin(

@@ -346,6 +346,8 @@ async def test_another_projects_interaction_is_not_found(
         ("feedback=maybe", "feedback"),
         ("issue=abc", "issue"),
         ("topic=-1", "topic"),
+        ("topic=%C2%B2", "topic"),  # a superscript two: a digit to isdigit(), not to int()
+        ("issue=%D9%A3", "issue"),  # an Arabic-Indic three
         ("cursor=not-a-cursor", "cursor"),
     ],
 )

@@ -102,7 +102,10 @@ async def test_overview_shows_tiles_and_charts_per_segment_with_alarms(
             after={"value": 0.1, "low": 0.0, "high": 0.3, "n": 8},
             details={},
         )
-    r = await client.get("/ui/p/acme/")
+    # all of the week's data is from the last day: the overview opens on 24 h, hourly
+    default = charts((await client.get("/ui/p/acme/")).text)
+    assert len(default[0]["x"]) == 24
+    r = await client.get("/ui/p/acme/", params={"window": "7d"})
     assert r.status_code == 200, r.text
     page = r.text
     assert "script-src 'self'" in r.headers["content-security-policy"]

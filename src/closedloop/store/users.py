@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 MIN_PASSWORD = 10
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,189}$")
+# At most 128 characters in all: the address names the reviewer of an answer (128 at most).
+_EMAIL = re.compile(r"^(?=.{3,128}$)[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,127}$")
 _HASHER = PasswordHasher()
 # Verified against when the account does not exist, so a wrong address costs what a wrong
 # password costs (no timing oracle for which accounts exist).

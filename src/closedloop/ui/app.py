@@ -107,7 +107,8 @@ def _next_target(value: str | None) -> str:
     if not value:
         return PREFIX + "/"
     parts = urlsplit(value)
-    if parts.scheme or parts.netloc or not value.startswith(PREFIX + "/") or "\\" in value:
+    odd = "\\" in value or "//" in value or "/." in value
+    if parts.scheme or parts.netloc or not value.startswith(PREFIX + "/") or odd:
         return PREFIX + "/"
     return value
 
@@ -184,6 +185,9 @@ async def login(
             next_=next,
             status=403,
         )
+    if "\x00" in email or "\x00" in password:  # no account holds one (nor may PostgreSQL)
+        wrong = "The email or the password is wrong."
+        return _login_form(request, error=wrong, next_=next, status=401)
     runtime = get_runtime(request)
     throttle = login_throttle(runtime)
     address = request.client.host if request.client else None

@@ -68,10 +68,24 @@ def _ops(a: str, b: str) -> list[tuple[str, str, str]]:
     if a == b:
         return [("equal", a, b)] if a else []
     ua, ub = _units(a), _units(b)
-    out: list[tuple[str, str, str]] = []
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ua, ub, autojunk=False).get_opcodes():
-        old, new = "".join(ua[i1:i2]), "".join(ub[j1:j2])
-        out.extend([(tag, old, new)] if tag != "replace" else _word_ops(old, new))
+    # The units both texts start and end with are kept as they are (linear work); only the
+    # middle is matched, and a middle too large to match in bounded time is one change
+    # (SequenceMatcher is quadratic, and a user may send 100,000 characters).
+    head = 0
+    while head < min(len(ua), len(ub)) and ua[head] == ub[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(ua), len(ub)) - head and ua[-1 - tail] == ub[-1 - tail]:
+        tail += 1
+    ma, mb = ua[head : len(ua) - tail], ub[head : len(ub) - tail]
+    out: list[tuple[str, str, str]] = [("equal", "".join(ua[:head]), "".join(ub[:head]))]
+    if len(ma) * len(mb) > _MAX_PAIRS:
+        out.append(("replace", "".join(ma), "".join(mb)))
+    else:
+        for tag, i1, i2, j1, j2 in SequenceMatcher(None, ma, mb, autojunk=False).get_opcodes():
+            old, new = "".join(ma[i1:i2]), "".join(mb[j1:j2])
+            out.extend([(tag, old, new)] if tag != "replace" else _word_ops(old, new))
+    out.append(("equal", "".join(ua[len(ua) - tail :]), "".join(ub[len(ub) - tail :])))
     return _tidy(out)
 
 

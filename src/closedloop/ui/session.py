@@ -49,7 +49,7 @@ CSRF_HEADER = "x-csrf-token"
 PROJECT_HEADER = "x-closedloop-project"
 _SAFE = frozenset({"GET", "HEAD", "OPTIONS"})
 # API writes a viewer may make: they only read.
-_READ_POSTS = frozenset({"/v1/query"})
+_READ_POSTS = frozenset({"/v1/query", "/v1/knowledge/recall", "/v1/rules/check"})
 
 ProjectName = Annotated[str, Path(max_length=64, pattern=NO_NUL)]
 
@@ -195,6 +195,8 @@ def acting(needed: Role) -> Callable[[Request, str], Awaitable[Viewer]]:
 
 
 def _api_role(method: str, path: str) -> Role:
+    if path == "/v1/webhooks" or path.startswith("/v1/webhooks/"):
+        return Role.ADMIN  # an endpoint's URL may be a credential (Slack's are)
     if method in _SAFE or path in _READ_POSTS:
         return Role.VIEWER
     if path.startswith("/v1/review/"):

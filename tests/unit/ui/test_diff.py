@@ -98,3 +98,11 @@ def test_a_long_text_rewritten_whole_is_still_a_correct_diff() -> None:
     after = "other " * 20_000
     html = str(word_diff(before, after))
     assert sides(html) == (before, after)
+
+
+def test_texts_too_long_to_compare_are_one_change_shown_whole() -> None:
+    before = "the same line again\n" * 3000  # repeated lines: the costliest case to match
+    after = "the same line again, edited\n" * 3000
+    html = str(word_diff(before, after))
+    assert html.count("<del>") == 1 and html.count("<ins>") == 1
+    assert sides(html) == (before, after)

@@ -5,7 +5,7 @@ An answer becomes reviewer feedback on the task's interaction, through the one i
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, overload
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -127,6 +127,16 @@ def create_task(request: Request, key: Key, body: NewTask) -> Any:
     return review.get_task(engine, key.project_id, task_id).to_json()
 
 
+@overload
+def _who(key: ProjectKey, named: str) -> str: ...
+@overload
+def _who(key: ProjectKey, named: None) -> str | None: ...
+def _who(key: ProjectKey, named: str | None) -> str | None:
+    """Who answers: a signed-in dashboard user is themself, whatever the body names (a key
+    stands for a service that names its reviewers)."""
+    return key.user or named
+
+
 @router.post(
     "/review/next",
     summary="Claim the next task",
@@ -138,7 +148,7 @@ def create_task(request: Request, key: Key, body: NewTask) -> Any:
 def next_task(request: Request, key: Key, body: Reviewer) -> Any:
     _no_nul(reviewer=body.reviewer)
     engine = get_runtime(request).engine
-    task = review.next_task(engine, key.project_id, reviewer=body.reviewer)
+    task = review.next_task(engine, key.project_id, reviewer=_who(key, body.reviewer))
     if task is None:
         return Response(status_code=204)
     out = task.to_json()
@@ -174,7 +184,7 @@ async def answer_task(request: Request, key: Key, task_id: TaskId, body: Answer)
             runtime,
             key.project_id,
             task_id,
-            reviewer=body.reviewer,
+            reviewer=_who(key, body.reviewer),
             label=body.label,
             rating=rating.value if rating is not None else None,
             rating_scale=rating.scale if rating is not None else (1.0, 5.0),
@@ -195,8 +205,9 @@ async def answer_task(request: Request, key: Key, task_id: TaskId, body: Answer)
     responses=_CONFLICT,
 )
 def skip_task(request: Request, key: Key, task_id: TaskId, body: Reviewer | None = None) -> Any:
-    reviewer = body.reviewer if body is not None else None
-    _no_nul(reviewer=reviewer)
+    named = body.reviewer if body is not None else None
+    _no_nul(reviewer=named)
+    reviewer = _who(key, named)
     try:
         task = review.skip(get_runtime(request).engine, key.project_id, task_id, reviewer=reviewer)
     except ActionError as exc:  # TaskClosed

@@ -143,7 +143,7 @@ def _time(name: str, value: str) -> dt.datetime | None:
 def _number(name: str, value: str) -> int | None:
     if not value:
         return None
-    if not value.isdigit() or len(value) > 12:
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise ConfigError(f"{name}: {value!r} is not an id; use a number", field=name)
     return int(value)
 
@@ -336,13 +336,25 @@ def _page(
     return data, nxt
 
 
+#: The filter menus offer the values of the newest interactions only: bounded work per page
+#: however large the project (older values can still be typed into the URL).
+MENU_ROWS = 5000
+
+
 def _distinct(conn: Connection, project_id: int, column: sa.Column[Any]) -> list[str]:
     t = models.interactions
+    recent = (
+        sa.select(column.label("value"))
+        .where(t.c.project_id == project_id)
+        .order_by(t.c.ts.desc())
+        .limit(MENU_ROWS)
+        .subquery()
+    )
     values = conn.execute(
-        sa.select(column)
-        .where(t.c.project_id == project_id, column.is_not(None))
-        .group_by(column)
-        .order_by(column)
+        sa.select(recent.c.value)
+        .where(recent.c.value.is_not(None))
+        .group_by(recent.c.value)
+        .order_by(recent.c.value)
         .limit(200)
     ).scalars()
     return [str(v) for v in values]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import pandas as pd  # type: ignore[import-untyped]  # no stubs installed
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
@@ -21,7 +22,8 @@ from closedloop.analyze.metrics import metrics
 from closedloop.analyze.tracker import topic_table
 from closedloop.ingest.deps import get_runtime
 from closedloop.runtime import Runtime
-from closedloop.store.db import utcnow
+from closedloop.store import models
+from closedloop.store.db import utc, utcnow
 from closedloop.ui.render import render
 from closedloop.ui.session import Viewer, viewer
 
@@ -287,16 +289,32 @@ def overview_data(runtime: Runtime, project_id: int, window: Window, by: str) ->
     }
 
 
+def _default_window(runtime: Runtime, project_id: int) -> str:
+    """``24h`` when the week's first interaction is less than a day old, else ``7d``."""
+    now = utcnow()
+    t = models.interactions
+    with runtime.engine.connect() as conn:
+        first = conn.execute(
+            sa.select(sa.func.min(t.c.ts)).where(
+                t.c.project_id == project_id, t.c.ts >= now - dt.timedelta(days=7)
+            )
+        ).scalar()
+    if first is None:
+        return "7d"
+    return "24h" if utc(first) >= now - dt.timedelta(days=1) else "7d"
+
+
 @router.get("/p/{project}/")
 def overview_page(
     request: Request,
     v: Annotated[Viewer, Depends(viewer)],
-    window: Win = "7d",
+    window: Win | None = None,
     by: By = "model",
 ) -> Response:
-    """The project's overview (any role)."""
+    """The project's overview (any role); without a chosen window, the last 7 days, or the
+    last 24 hours while every interaction of the week is from the last day."""
     runtime = get_runtime(request)
-    chosen = WINDOWS[window]
+    chosen = WINDOWS[window or _default_window(runtime, v.project_id)]
     data = overview_data(runtime, v.project_id, chosen, by)
     return render(
         request,

@@ -183,6 +183,10 @@ def run_rules(
     request: Request, v: Admin, back: Annotated[str, Form(max_length=128)] = ""
 ) -> Response:
     """Evaluate the project's rules now (as ``POST /v1/act`` does)."""
+    target = f"{_base(v)}/rules"
+    if back and "\x00" not in back:
+        rules_mod.get_rule(get_runtime(request).engine, v.project_id, back)  # only a known rule
+        target += f"/{quote(back, safe='')}"
     engine = get_runtime(request).rule_engine()
     stats, failed = EngineStats(), False
     try:
@@ -190,10 +194,6 @@ def run_rules(
     except JobError as exc:  # the rules that did not fail still ran
         stats, failed = (exc.stats if isinstance(exc, RulesFailed) else stats), True
     code = "ran_errors" if failed or stats.errors else "ran"
-    target = f"{_base(v)}/rules"
-    if back and "\x00" not in back:
-        rules_mod.get_rule(get_runtime(request).engine, v.project_id, back)  # only a known rule
-        target += f"/{quote(back, safe='')}"
     return RedirectResponse(f"{target}?done={code}", status_code=303)
 
 

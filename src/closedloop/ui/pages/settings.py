@@ -17,7 +17,7 @@ from starlette.responses import RedirectResponse, Response
 from closedloop.enrich.pii import ENTITY_TYPES
 from closedloop.enrich.privacy import PiiPolicy
 from closedloop.errors import ConfigError, ContractError, NotFound
-from closedloop.ingest.deps import get_runtime
+from closedloop.ingest.deps import NO_NUL, get_runtime
 from closedloop.runtime import Runtime
 from closedloop.store import models
 from closedloop.store.db import utc
@@ -32,7 +32,7 @@ router = APIRouter()
 
 AdminPage = Annotated[Viewer, Depends(admin_page)]
 Admin = Annotated[Viewer, Depends(acting(Role.ADMIN))]
-Email = Annotated[str, Form(min_length=1, max_length=254)]
+Email = Annotated[str, Form(min_length=1, max_length=254, pattern=NO_NUL)]
 RoleName = Annotated[str, Form(min_length=1, max_length=16)]
 
 #: The fixed messages a redirect's ``?done=`` code maps to (free text is never reflected).

@@ -111,7 +111,7 @@
           values: function (u, vals) { return vals.map(fmt); }
         }
       ],
-      legend: { live: true },
+      legend: { live: false },
       plugins: [alarmPlugin(alarms)]
     };
     var plot = new uPlot(opts, data, el);

@@ -25,6 +25,12 @@
       });
     });
   });
+  // A page that answers a POST (the new key, shown once) replaces its history entry, so a
+  // reload opens the given page instead of sending the POST again.
+  var replace = document.querySelector("[data-replace-url]");
+  if (replace && window.history && window.history.replaceState) {
+    window.history.replaceState(null, "", replace.dataset.replaceUrl);
+  }
   // Selects and checkboxes that submit their filter form at once: <select data-autosubmit>.
   document.querySelectorAll("[data-autosubmit]").forEach(function (el) {
     el.addEventListener("change", function () {
