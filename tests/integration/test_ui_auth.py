@@ -433,3 +433,26 @@ async def test_a_bearer_key_wins_over_the_cookie(
     # a key's write needs no CSRF token even with the cookie along
     put = await client.put("/v1/rules/x", json=_RULE, headers=other_tenant.headers())
     assert put.status_code == 200, put.text
+
+
+async def test_a_page_that_fails_shows_the_dashboards_error_page_with_its_headers(
+    runtime: Runtime, tenant: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from closedloop.ui.pages import overview
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in a page")
+
+    monkeypatch.setattr(overview, "overview_data", broken)
+    app = create_app(runtime=runtime)
+    app.state.runtime = runtime
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        add_user(runtime, tenant.project_id, "ann@example.com")
+        await _sign_in(c, runtime, "ann@example.com")
+        page = await c.get("/ui/p/acme/")
+    assert page.status_code == 500
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "Something went wrong" in page.text and "a bug in a page" not in page.text
+    assert 'href="/ui/p/acme/interactions"' in page.text, "the navigation stays"

@@ -218,6 +218,16 @@ def _handlers(app: FastAPI) -> None:
         api = problem(400, "Bad request", detail, field=field)
         return _ui_or(request, 400, "Bad request", f"{field}: {detail}", api)
 
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> Response:
+        """A bug: the dashboard shows its own error page (with its navigation and security
+        headers); the API answers as Starlette does. The server logs the traceback."""
+        from starlette.responses import PlainTextResponse
+
+        plain = PlainTextResponse("Internal Server Error", status_code=500)
+        detail = "The server failed on this page (the error is logged). Reload, or go back."
+        return _ui_or(request, 500, "Something went wrong", detail, plain)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         titles = {404: "Not found", 405: "Method not allowed", 409: "Conflict"}

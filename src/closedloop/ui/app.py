@@ -19,16 +19,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from closedloop.errors import AuthError, RateLimited
 from closedloop.ingest.deps import get_runtime
+from closedloop.store.users import SessionInfo
 from closedloop.ui import pages
 from closedloop.ui.render import STATIC, render
 from closedloop.ui.session import (
     COOKIE,
     CSRF_FIELD,
+    Viewer,
     check_csrf,
     current_session,
     login_throttle,
     session_lifetime,
     users,
+    viewer_of,
 )
 
 __all__ = ["CSP", "PREFIX", "SecurityHeaders", "error_page", "install"]
@@ -90,16 +93,28 @@ def error_page(request: Request, status: int, title: str, detail: str) -> Respon
     if status == 401:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"{PREFIX}/login?next={quote(target, safe='')}", status_code=303)
-    session = getattr(request.state, "ui_session", None)
+    session: SessionInfo | None = getattr(request.state, "ui_session", None)
     return render(
         request,
         "error.html",
-        None,
+        _error_viewer(request, session),
         status=status,
         title=title,
         detail=detail,
         signed_in=session is not None,
+        headers={k.decode(): v.decode() for k, v in _HEADERS},  # also outside the middleware
     )
+
+
+def _error_viewer(request: Request, session: SessionInfo | None) -> Viewer | None:
+    """Whom an error page shows the navigation for: the signed-in user on the project of the
+    path if theirs, else on their first project (so an error never strands them)."""
+    if session is None or not session.user.memberships:
+        return None
+    parts = request.url.path.split("/")
+    named = parts[3] if len(parts) > 3 and parts[2] == "p" else None
+    mine = [m.project for m in session.user.memberships]
+    return viewer_of(session, named if named in mine else mine[0])
 
 
 def _next_target(value: str | None) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
+from jinja2 import Undefined
 from starlette.responses import HTMLResponse
 
 from closedloop import __version__
@@ -70,16 +71,25 @@ def _ago(value: dt.datetime | str | None) -> str:
     return "just now"
 
 
+def _missing(value: object) -> bool:
+    """``None``, NaN, or a name the template's data does not hold."""
+    return (
+        value is None
+        or isinstance(value, Undefined)
+        or (isinstance(value, float) and math.isnan(value))
+    )
+
+
 def _pct(value: float | None, digits: int = 1) -> str:
     """``62.5 %`` (or an em dash)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or _missing(value):
         return "—"
     return f"{100 * value:.{digits}f} %"
 
 
 def _num(value: float | int | None, digits: int = 3) -> str:
     """A number with thousands separators, floats to ``digits`` places."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or _missing(value):
         return "—"
     if isinstance(value, int) or float(value).is_integer() and abs(value) >= 1000:
         return f"{int(value):,}"
@@ -88,7 +98,7 @@ def _num(value: float | int | None, digits: int = 3) -> str:
 
 def _signed(value: float | None, digits: int = 3) -> str:
     """``+0.046`` / ``−0.012``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or _missing(value):
         return "—"
     return f"{value:+.{digits}f}".replace("-", "−")
 

@@ -41,6 +41,7 @@ __all__ = [
     "session_lifetime",
     "users",
     "viewer",
+    "viewer_of",
 ]
 
 COOKIE = SESSION_COOKIE
@@ -120,7 +121,8 @@ async def current_session(request: Request) -> SessionInfo | None:
     return found
 
 
-def _viewer_of(session: SessionInfo, project: str) -> Viewer:
+def viewer_of(session: SessionInfo, project: str) -> Viewer:
+    """The session's user on ``project``; 404 when they have no role there."""
     role = session.user.role_in(project)
     if role is None:  # as across projects in the API: not found, not "forbidden"
         raise NotFound(f"no project {project!r} among yours")
@@ -133,7 +135,7 @@ async def viewer(request: Request, project: ProjectName) -> Viewer:
     session = await current_session(request)
     if session is None:
         raise SignInRequired("sign in to see this page")
-    return _viewer_of(session, project)
+    return viewer_of(session, project)
 
 
 def _need(v: Viewer, role: Role) -> Viewer:
@@ -225,7 +227,7 @@ async def api_session_key(request: Request) -> ProjectKey:
                 "X-Closedloop-Project header"
             )
         name = projects[0].project
-    v = _viewer_of(session, name)
+    v = viewer_of(session, name)
     method = request.method.upper()
     if method not in _SAFE:
         await check_csrf(request, session)
