@@ -407,6 +407,7 @@ from closedloop import cli_analyze as _cli_analyze  # noqa: E402,F401
 from closedloop import cli_exports as _cli_exports  # noqa: E402,F401
 from closedloop import cli_prompts as _cli_prompts  # noqa: E402,F401
 from closedloop import cli_review as _cli_review  # noqa: E402,F401
+from closedloop import cli_simulate as _cli_simulate  # noqa: E402,F401
 from closedloop import cli_storage as _cli_storage  # noqa: E402,F401
 from closedloop import cli_users as _cli_users  # noqa: E402,F401
 from closedloop import cli_webhooks as _cli_webhooks  # noqa: E402,F401
