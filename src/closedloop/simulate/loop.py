@@ -1,0 +1,495 @@
+"""The CLOSED-LOOP arm: the assistant run through the real closedloop pipeline, embedded.
+
+One process, one store (SQLite in a temporary folder by default, or any ``database_url``),
+no server, no worker thread: the arm drives each stage's job itself, once per simulated day.
+
+What the arm sees is what a real deployment sees, and only that: the interactions it served
+and the users' feedback and signals. Each day
+
+1. the app answers every request: it first recalls the request text from the project's
+   knowledge base (:func:`closedloop.act.knowledge.recall_many`); a confident hit's answer is
+   served, otherwise the nearest-neighbour assistant answers from its prompt and its own KB;
+2. every interaction (input, output, model, prompt, user, session) and every reaction
+   (thumbs, correction, edit / rephrase / abandon signal) goes through
+   ``runtime.ingestor.ingest`` (the one ingest path, the SDK's embedded mode's too), stamped
+   on a virtual clock: simulated day ``d`` is ``base + d days``;
+3. enrichment, analysis (quality drift, issues; run at the virtual end of the day) and the
+   rule engine run; the loop's rules fire real actions: ``kb_refresh`` on each corrected
+   thumbs-down (recalled from the next day on), and ``review`` tasks on each drift
+   alarm (quality, input, topic mix, emerging topics);
+4. the app applies the new knowledge-base entries to its assistant (see :func:`_learn`).
+
+Ground truth (:meth:`World.true_answer`, the request's intent) is read only to judge the
+served answers and to date incidents, in :func:`run_closed_loop`'s measuring code: the served
+answer is right iff it equals the world's right answer for the request's intent that day (for
+the assistant's own launch answers this is exactly :meth:`World.is_correct`). An incident is
+*detected* on the first day from its onset that a firing acted on an interaction of one of
+its intents, and *fixed* on the first day from its onset on which at most ``1 - fix_share``
+of its intents' requests were still served the answer the incident made wrong (a request
+the assistant misrecognises was wrong before the incident too: it is not the incident's).
+
+Event rules read feedback in arrival order (real time), so the rule engine runs on the real
+clock; enrichment joins on arrival too. Analysis windows are over event time: it runs at the
+virtual end of each day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from closedloop.act.knowledge import recall_many
+from closedloop.act.rules import parse_rules, put_rule
+from closedloop.embed.cache import EmbeddingCache
+from closedloop.errors import ConfigError
+from closedloop.events import LIMITS
+from closedloop.runtime import Runtime
+from closedloop.sdk.envelope import make_event, new_id
+from closedloop.settings import Settings
+from closedloop.simulate.assistant import Assistant, TextVectors
+from closedloop.simulate.baselines import ArmResult, DayRecord, IncidentRecord
+from closedloop.simulate.users import Reaction, Retention, UserParams, react
+from closedloop.simulate.world import KBEntry, Request, World
+from closedloop.store import models
+from closedloop.types import ProjectKey
+
+__all__ = ["LOOP_RULES", "LoopParams", "LoopStats", "run_closed_loop"]
+
+PROMPT = "assistant"
+
+LOOP_RULES = """
+rules:
+  - name: corrections-to-kb
+    when:
+      event: {thumbs: down, correction: true}
+    actions:
+      - kb_refresh: {}
+  - name: drift-review
+    when:
+      drift: any
+    actions:
+      - review: {priority: 3}
+"""
+"""The loop's rules: every corrected thumbs-down refreshes the knowledge base; every drift
+alarm (quality, input, topic mix, emerging topics) queues review tasks."""
+
+
+@dataclass(frozen=True)
+class LoopParams:
+    """How the app uses closedloop.
+
+    Attributes
+    ----------
+    min_score
+        Cosine similarity a recalled entry needs for its answer to be served instead of the
+        assistant's (0.8: near-duplicates of a corrected request, not loose paraphrases).
+    recall_k
+        Entries recalled per request (3).
+    fix_share
+        An incident counts as fixed on a day when at most ``1 - fix_share`` of its intents'
+        requests were served the answer it made wrong (0.95).
+    broken_rate, broken_min, broken_days
+        An intent's answer counts as broken when at least ``broken_rate`` of its (at least
+        ``broken_min``) answers of the last ``broken_days`` days met a negative reaction
+        (0.45, 3 and 3: a wrong answer draws one ~60 % of the time, a right one ~5 %).
+    analyze_every_days
+        Days between analysis runs (1; the analysis (topics, issues, quality drift) is the
+        slowest stage: a longer period trades alarm latency for speed).
+    database_url
+        The store (``None``: SQLite in a temporary folder removed at the end).
+    """
+
+    min_score: float = 0.8
+    recall_k: int = 3
+    fix_share: float = 0.95
+    broken_rate: float = 0.45
+    broken_min: int = 3
+    broken_days: int = 3
+    analyze_every_days: int = 1
+    database_url: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject a similarity or share outside [0, 1]."""
+        if not (0.0 <= self.min_score <= 1.0 and 0.0 <= self.fix_share <= 1.0):
+            raise ConfigError("min_score and fix_share must lie within 0-1")
+        if self.analyze_every_days < 1 or self.broken_days < 1:
+            raise ConfigError("analyze_every_days and broken_days must be at least 1")
+
+
+@dataclass
+class LoopStats:
+    """What the pipeline did over the run (read from the store)."""
+
+    events: int = 0
+    firings: int = 0
+    kb_entries: int = 0
+    drift_alarms: int = 0
+    review_tasks: int = 0
+    recalled_answers: int = 0
+    learned_examples: int = 0
+    refreshed_answers: int = 0
+    new_answers: int = 0
+
+
+def _reaction_events(
+    iid: str, reaction: Reaction, right_answer: str, user: str, session: str, ts: dt.datetime
+) -> list[dict[str, Any]]:
+    """The user's feedback and signal on interaction ``iid``, as the app would send them."""
+    out: list[dict[str, Any]] = []
+    common = {"interaction_id": iid, "user_id": user, "session_id": session}
+    later = ts + dt.timedelta(seconds=20)
+    if reaction.explicit:
+        body: dict[str, Any] = dict(common)
+        if reaction.thumbs is not None:
+            body["thumbs"] = reaction.thumbs
+        if reaction.correction is not None:
+            body["correction"] = reaction.correction
+            body.setdefault("thumbs", -1)  # the correction form sits behind the thumbs-down
+        out.append(make_event("feedback", body, id=new_id(), timestamp=later))
+    if reaction.signal is not None:
+        body = {**common, "kind": reaction.signal}
+        if reaction.signal == "edit":
+            body["text"] = right_answer  # the text the user kept
+        out.append(make_event("signal", body, id=new_id(), timestamp=later))
+    return out
+
+
+class _Pipeline:
+    """The embedded closedloop deployment of the arm."""
+
+    def __init__(self, folder: Path, params: LoopParams, vectors: TextVectors) -> None:
+        settings = Settings(
+            data_dir=folder,
+            database_url=params.database_url,
+            run_worker=False,
+            embed_in_worker=False,
+            act_event_settle_seconds=0.0,
+        )
+        self.runtime = Runtime.build(settings, load_plugins=False)
+        self.runtime.start()
+        rt = self.runtime
+        rt._embedder = EmbeddingCache(vectors.embedder, engine=rt.engine)
+        name = f"simulate-{new_id()[:8].lower()}"
+        project, _public, _secret = rt.projects.create(name)
+        self.project_id = project.id
+        # The simulated texts hold no personal data, and the redactor takes the world's
+        # answer names ("banking77/card_arrival") for secrets: off, as a project may choose.
+        rt.projects.set_pii(project.id, '{"enabled": false}')
+        keys = [k for k in rt.projects.keys(name) if k.kind == "secret"]
+        self.key = ProjectKey(
+            project_id=project.id,
+            project_name=project.name,
+            kind="secret",
+            key_id=keys[0].id if keys else 0,
+        )
+        for spec in parse_rules(LOOP_RULES, kinds=rt.action_kinds()):
+            put_rule(rt.engine, project.id, spec, source="simulate")
+        self.events = 0
+        self._firings_seen = 0
+        self._entries_seen = 0
+
+    def ingest(self, events: list[dict[str, Any]]) -> None:
+        """Send ``events`` through the ingest path, in batches, waiting for each commit."""
+        size = LIMITS.batch_events
+        for start in range(0, len(events), size):
+            raws = [json.dumps(e).encode() for e in events[start : start + size]]
+            result = self.runtime.ingestor.ingest(self.key, raws)
+            bad = [r for r in result.results if r.status == "rejected"]
+            if bad:
+                raise ConfigError(f"simulated event rejected: {bad[0].field}: {bad[0].message}")
+        self.events += len(events)
+
+    def recall(self, texts: list[str], params: LoopParams) -> list[str | None]:
+        """The served knowledge-base answer of each text, when a confident entry exists."""
+        rt = self.runtime
+        found = recall_many(
+            rt.engine,
+            rt.embedder(),
+            self.project_id,
+            texts,
+            k=params.recall_k,
+            min_score=params.min_score,
+        )
+        return [hits[0].answer if hits else None for hits in found]
+
+    def run_jobs(self, end_of_day: dt.datetime, *, analyze: bool = True) -> None:
+        """Enrichment, embedding, analysis (at the virtual end of the day), rules."""
+        rt = self.runtime
+        rt.enricher.run()
+        rt.embedding_job().run()
+        if analyze:
+            rt.analyzer().run(self.project_id, now=end_of_day)
+        rt.rule_engine().run(self.project_id)
+
+    def new_firings(self) -> list[dict[str, Any]]:
+        """Firings recorded since the last call (their trigger's interaction ids)."""
+        f = models.firings
+        with rt_connect(self.runtime) as conn:
+            rows = conn.execute(
+                sa.select(f.c.id, f.c.trigger)
+                .where(f.c.project_id == self.project_id, f.c.id > self._firings_seen)
+                .order_by(f.c.id)
+            ).all()
+        if rows:
+            self._firings_seen = int(rows[-1].id)
+        return [json.loads(r.trigger) for r in rows]
+
+    def new_entries(self) -> list[tuple[str, str, str]]:
+        """Knowledge-base entries written since the last call: ``(interaction id, query,
+        answer)`` of each active one."""
+        t = models.kb_entries
+        with rt_connect(self.runtime) as conn:
+            rows = conn.execute(
+                sa.select(t.c.id, t.c.interaction_id, t.c.query, t.c.answer)
+                .where(
+                    t.c.project_id == self.project_id,
+                    t.c.id > self._entries_seen,
+                    t.c.active.is_(True),
+                )
+                .order_by(t.c.id)
+            ).all()
+        if rows:
+            self._entries_seen = int(rows[-1].id)
+        return [(str(r.interaction_id), r.query, r.answer) for r in rows if r.interaction_id]
+
+    def stats(self) -> LoopStats:
+        """Counts of what the pipeline did, from the store."""
+        pid = self.project_id
+        with rt_connect(self.runtime) as conn:
+
+            def count(table: sa.Table) -> int:
+                return int(
+                    conn.execute(
+                        sa.select(sa.func.count()).where(table.c.project_id == pid)
+                    ).scalar_one()
+                )
+
+            return LoopStats(
+                events=self.events,
+                firings=count(models.firings),
+                kb_entries=count(models.kb_entries),
+                drift_alarms=count(models.drift_alarms),
+                review_tasks=count(models.review_tasks),
+            )
+
+    def close(self) -> None:
+        """Drain the write queue and close the store."""
+        self.runtime.stop()
+
+
+def rt_connect(runtime: Runtime) -> sa.Connection:
+    """A connection to the runtime's store."""
+    return runtime.engine.connect()
+
+
+def _trigger_ids(trigger: dict[str, Any]) -> list[str]:
+    ids = trigger.get("interaction_ids") or []
+    snapshot = trigger.get("snapshot") or {}
+    if snapshot.get("interaction_id"):
+        ids = [*ids, snapshot["interaction_id"]]
+    return [str(i) for i in ids]
+
+
+_NEW = "kb:"
+"""The label prefix of an answer the assistant learned from a correction (a new use)."""
+
+
+def _negative(reaction: Reaction) -> bool:
+    return reaction.thumbs == -1 or reaction.correction is not None or reaction.signal is not None
+
+
+def _learn(
+    assistant: Assistant,
+    entries: list[tuple[str, str, str]],
+    served_as: dict[str, str],
+    reactions: dict[str, tuple[int, int]],
+    held: dict[str, str],
+    day: int,
+    params: LoopParams,
+    stats: LoopStats,
+) -> None:
+    """The app applies the day's new knowledge-base entries to its assistant, from its own
+    logs only (what it predicted, how its users reacted). ``held`` maps every answer an
+    intent ever had to that intent (an old answer still names its intent):
+
+    * an entry whose answer is the assistant's answer of another intent teaches the prompt
+      that the query means that intent (a new example: the prompt candidate);
+    * an answer the assistant does not know replaces the answer of the intent it predicted,
+      when that intent's answers drew negative reactions today (a broken answer: the
+      knowledge-base refresh), and otherwise becomes a new entry with the query as its first
+      example (a new use of the product).
+    """
+    for intent, entry in assistant.kb.items():
+        held.setdefault(entry.answer, intent)
+    own = {**held, **{entry.answer: intent for intent, entry in assistant.kb.items()}}
+    examples: list[tuple[str, str]] = []
+    for iid, query, answer in entries:
+        predicted = served_as.get(iid, "")
+        known = own.get(answer)
+        served, negative = reactions.get(predicted, (0, 0))
+        broken = served >= params.broken_min and negative >= params.broken_rate * served
+        if known is not None and not (broken and known.startswith(_NEW)):
+            if known != predicted:
+                examples.append((query, known))
+            continue
+        if predicted and not predicted.startswith(_NEW) and broken:
+            assistant.set_answer(predicted, KBEntry(answer, day))
+            stats.refreshed_answers += 1
+        elif known is None:
+            label = f"{_NEW}{answer}"
+            assistant.set_answer(label, KBEntry(answer, day))
+            examples.append((query, label))
+            stats.new_answers += 1
+        for intent, entry in assistant.kb.items():
+            held.setdefault(entry.answer, intent)
+        own = {**held, **{entry.answer: intent for intent, entry in assistant.kb.items()}}
+    if examples:
+        assistant.add_examples(examples)
+        stats.learned_examples += len(examples)
+
+
+def run_closed_loop(
+    world: World,
+    vectors: TextVectors,
+    *,
+    users: UserParams | None = None,
+    params: LoopParams | None = None,
+    k: int = 3,
+    on_day: Callable[[int], None] | None = None,
+    stats_out: LoopStats | None = None,
+) -> ArmResult:
+    """Run the CLOSED-LOOP arm over the whole world (see the module docstring).
+
+    Users, retention and random draws are those of :func:`closedloop.simulate.run_arm`, so
+    the arms differ only in what the app served. ``stats_out`` (if given) is filled with
+    what the pipeline did.
+    """
+    uparams = users or UserParams()
+    lparams = params or LoopParams()
+    seed = world.params.seed
+    days = world.params.days
+    base = (dt.datetime.now(dt.UTC) - dt.timedelta(days=days + 1)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    assistant = Assistant(vectors, world.initial_examples(), world.initial_kb(), k=k)
+    retention = Retention(world.params.users, uparams)
+    result = ArmResult(arm="closed-loop", model_version=assistant.model_version)
+    result.incidents = [IncidentRecord(i.name, i.onset, i.intents) for i in world.incidents]
+    model = {"name": "knn-assistant", "version": assistant.model_version}
+    prompt = {"name": PROMPT, "version": "1"}
+    learning = LoopStats()
+    served_as: dict[str, str] = {}
+    history: list[dict[str, tuple[int, int]]] = []
+    held: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="closedloop-simulate-") as folder:
+        pipeline = _Pipeline(Path(folder), lparams, vectors)
+        try:
+            served_request: dict[str, Request] = {}
+            for day in range(days):
+                start = base + dt.timedelta(days=day)
+                requests = [r for r in world.requests(day) if retention.active(r.user)]
+                texts = [r.text for r in requests]
+                recalled = pipeline.recall(texts, lparams) if texts else []
+                predicted = assistant.predict(texts)
+                react_rng = np.random.default_rng([seed, day, 1])
+                churn_rng = np.random.default_rng([seed, day, 2])
+                events: list[dict[str, Any]] = []
+                served = correct = 0
+                per_incident = {inc.name: [0, 0] for inc in result.incidents}
+                reactions: dict[str, tuple[int, int]] = {}
+                history.append(reactions)
+                step = 86_000.0 / max(len(requests), 1)
+                for j, request in enumerate(requests):
+                    if not retention.active(request.user):
+                        continue
+                    answer = recalled[j]
+                    label = "" if answer is not None else predicted[j]
+                    if answer is None:
+                        answer = assistant.answer(predicted[j])
+                    else:
+                        learning.recalled_answers += 1
+                    # measurement only: the world's right answer judges what was served
+                    truth = world.true_answer(request.intent, day)
+                    ok = answer == truth
+                    reaction = react(ok, react_rng, uparams, right_answer=truth)
+                    retention.record(request.user, ok, churn_rng)
+                    served += 1
+                    correct += ok
+                    for inc in result.incidents:
+                        if request.intent in inc.intents and inc.onset <= day:
+                            outdated = world.true_answer(request.intent, inc.onset - 1)
+                            per_incident[inc.name][0] += 1
+                            per_incident[inc.name][1] += answer == outdated
+                    # what the app sends: no intent, no judgement
+                    ts = start + dt.timedelta(seconds=j * step)
+                    iid = new_id()
+                    user, session = f"user-{request.user}", f"user-{request.user}-day-{day}"
+                    served_request[iid] = request
+                    served_as[iid] = label
+                    n, bad = reactions.get(label, (0, 0))
+                    reactions[label] = (n + 1, bad + _negative(reaction))
+                    events.append(
+                        make_event(
+                            "interaction",
+                            {
+                                "input": request.text,
+                                "output": answer,
+                                "model": model,
+                                "prompt": prompt,
+                                "user_id": user,
+                                "session_id": session,
+                            },
+                            id=iid,
+                            timestamp=ts,
+                        )
+                    )
+                    events += _reaction_events(iid, reaction, truth, user, session, ts)
+                pipeline.ingest(events)
+                pipeline.run_jobs(
+                    start + dt.timedelta(days=1),
+                    analyze=(day + 1) % lparams.analyze_every_days == 0,
+                )
+                entries = pipeline.new_entries()
+                recent: dict[str, tuple[int, int]] = {}
+                for past in history[-lparams.broken_days :]:
+                    for name, (n, bad) in past.items():
+                        was = recent.get(name, (0, 0))
+                        recent[name] = (was[0] + n, was[1] + bad)
+                _learn(assistant, entries, served_as, recent, held, day + 1, lparams, learning)
+                # measurement: which incidents the pipeline's actions touched today
+                for trigger in pipeline.new_firings():
+                    for iid in _trigger_ids(trigger):
+                        seen = served_request.get(iid)
+                        for inc in result.incidents:
+                            if (
+                                inc.detected is None
+                                and seen is not None
+                                and seen.intent in inc.intents
+                                and inc.onset <= day
+                            ):
+                                inc.detected = day
+                for inc in result.incidents:
+                    total, stale = per_incident[inc.name]
+                    if inc.fixed is None and total and stale <= (1 - lparams.fix_share) * total:
+                        inc.fixed = day
+                result.days.append(DayRecord(day, served, correct, retention.retained_share))
+                if on_day is not None:
+                    on_day(day)
+            if stats_out is not None:
+                final = pipeline.stats()
+                for name in ("recalled_answers", "learned_examples", "refreshed_answers"):
+                    setattr(final, name, getattr(learning, name))
+                final.new_answers = learning.new_answers
+                for name in LoopStats.__dataclass_fields__:
+                    setattr(stats_out, name, getattr(final, name))
+        finally:
+            pipeline.close()
+    return result
