@@ -84,7 +84,7 @@ def table_rows(measures: list[ArmMeasures]) -> str:
     >>> print(table_rows([ArmMeasures("static", [0.9, 0.8], -11.1, 0.5, [])]))
     | approach | accuracy decay | retention of the AI feature | incident detection | incident fix |
     |---|---|---|---|---|
-    | static | -11.1 % | 50 % | never | never |
+    | static | -11.1 % | 50 % | no incident | no incident |
     """
     lines = [
         "| approach | accuracy decay | retention of the AI feature"
