@@ -258,7 +258,9 @@ def metrics(
     # The window applies to interactions (in the SQL). The views get a lower bound only, to
     # prune the lake's files, a day early: feedback is stamped by the client's clock, which
     # may run behind the server's by a little (more than a day is not counted).
-    early = since - _FEEDBACK_SKEW if since is not None else None
+    early = since
+    if since is not None and since.replace(tzinfo=None) - dt.datetime.min > _FEEDBACK_SKEW:
+        early = since - _FEEDBACK_SKEW  # (within a day of year 1 there is nothing earlier)
     sums = analytics.query(sql, project_id=project_id, since=early, tables=tables)
     return _long(sums, chosen)
 
