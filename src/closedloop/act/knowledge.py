@@ -258,56 +258,7 @@ def recall(
     """The ``k`` active entries whose query is closest to ``query`` (cosine, best first),
     each scoring at least ``min_score`` (see the module docstring)."""
     query = _text("query", query)
-    if not 1 <= k <= 50:
-        raise ConfigError("k must lie within 1-50", field="k")
-    t = models.kb_entries
-    with engine.connect() as conn:  # the vectors to score; the texts of the best k after
-        rows = conn.execute(
-            sa.select(t.c.id, t.c.model, t.c.vector).where(
-                t.c.project_id == project_id, t.c.active.is_(True)
-            )
-        ).all()
-    if not rows:
-        return []
-    stale = [r for r in rows if r.model != embedder.name or r.vector is None]
-    fresh = _reembed(engine, embedder, stale) if stale else {}
-    dim = int(embedder.dim)
-    keep: list[int] = []
-    blobs: list[bytes] = []
-    for n, row in enumerate(rows):
-        blob = fresh.get(int(row.id), row.vector)
-        if blob is not None and len(blob) == 4 * dim:  # another dim: a model not comparable
-            keep.append(n)
-            blobs.append(bytes(blob))
-    if not keep:
-        return []
-    matrix = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keep), dim)
-    scores = matrix @ embedder.embed([query])[0]
-    order = np.argsort(-scores, kind="stable")[:k]
-    best = {int(rows[keep[j]].id): float(scores[j]) for j in order if scores[j] >= min_score}
-    if not best:
-        return []
-    with engine.connect() as conn:
-        texts = {
-            int(r.id): r
-            for r in conn.execute(
-                sa.select(t.c.id, t.c.query, t.c.answer, t.c.source, t.c.created_at).where(
-                    t.c.project_id == project_id, t.c.id.in_(list(best)), t.c.active.is_(True)
-                )
-            )
-        }
-    return [
-        Recalled(
-            id=entry_id,
-            query=texts[entry_id].query,
-            answer=texts[entry_id].answer,
-            score=score,
-            source=texts[entry_id].source,
-            created_at=utc(texts[entry_id].created_at),
-        )
-        for entry_id, score in best.items()  # best first: the dict keeps the order
-        if entry_id in texts  # deactivated in between
-    ]
+    return recall_many(engine, embedder, project_id, [query], k=k, min_score=min_score)[0]
 
 
 def recall_many(
