@@ -25,17 +25,84 @@ arXiv:2203.05794, 2022.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.feature_extraction.text import CountVectorizer
 
-__all__ = ["ctfidf_keywords", "name_of", "representatives"]
+__all__ = ["Background", "ctfidf_keywords", "name_of", "representatives", "terms"]
+
+# unigrams and bigrams of the lowercased text, English stop words left out (before the bigrams
+# are formed): the terms sklearn's CountVectorizer counts, one class's texts at a time
+_analyze = CountVectorizer(
+    stop_words="english", ngram_range=(1, 2), lowercase=True
+).build_analyzer()
+
+
+def terms(texts: Sequence[str]) -> Counter[str]:
+    """The c-TF-IDF terms of one class's ``texts`` (joined), counted.
+
+    >>> sorted(terms(["The refund is late", "refund"]).items())
+    [('late', 1), ('late refund', 1), ('refund', 2), ('refund late', 1)]
+    """
+    return Counter(_analyze(" ".join(texts)))
+
+
+class Background:
+    """Classes that names are weighed against but that are not named themselves.
+
+    The other clusters of :func:`ctfidf_keywords`, one text each, kept by id: :meth:`sync`
+    analyses only the texts that changed since the last call, so a caller that keeps one
+    ``Background`` between runs does not count the whole corpus again each time. The result
+    is the same as passing every class to :func:`ctfidf_keywords` afresh.
+
+    Examples
+    --------
+    >>> background = Background()
+    >>> background.sync({5: "card declined", 6: "password reset"})
+    >>> len(background), background.words, background.frequency["card"]
+    (2, 6, 1)
+    >>> background.sync({5: "card declined card"})
+    >>> len(background), background.words, background.frequency["password"]
+    (1, 5, 0)
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[int, str] = {}
+        self._counts: dict[int, Counter[str]] = {}
+        self.frequency: Counter[str] = Counter()
+        """Each term's count over all the classes."""
+        self.words = 0
+        """The count of all terms of all the classes."""
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def sync(self, texts: Mapping[int, str]) -> None:
+        """Make the classes exactly ``texts`` (each class's text, by id)."""
+        for cid in [c for c, text in self._texts.items() if texts.get(c) != text]:
+            del self._texts[cid]
+            gone = self._counts.pop(cid)
+            self.frequency.subtract(gone)
+            self.words -= gone.total()
+            for term in gone:  # no count of zero is kept (nor the word it names)
+                if self.frequency[term] <= 0:
+                    del self.frequency[term]
+        for cid, text in texts.items():
+            if cid not in self._texts:
+                self._texts[cid] = text
+                self._counts[cid] = counts = terms([text])
+                self.frequency.update(counts)
+                self.words += counts.total()
 
 
 def ctfidf_keywords(
-    docs_by_cluster: Mapping[int, Sequence[str]], top: int = 5
+    docs_by_cluster: Mapping[int, Sequence[str]],
+    top: int = 5,
+    *,
+    background: Background | None = None,
 ) -> dict[int, list[str]]:
     """The ``top`` c-TF-IDF terms (unigrams and bigrams) of each cluster, best first.
 
@@ -45,6 +112,9 @@ def ctfidf_keywords(
         The texts of each cluster, by cluster id.
     top
         How many terms per cluster.
+    background
+        More classes, weighed against (they count in ``A`` and ``f_t``) but not named; the
+        same as adding them to ``docs_by_cluster`` and leaving their terms out of the result.
 
     Returns
     -------
@@ -57,31 +127,38 @@ def ctfidf_keywords(
     --------
     >>> ctfidf_keywords({0: ["the refund is late"], 1: ["the app crashes"]}, top=2)
     {0: ['late', 'refund'], 1: ['app', 'app crashes']}
+    >>> background = Background()
+    >>> background.sync({1: "the app crashes"})
+    >>> ctfidf_keywords({0: ["the refund is late"]}, top=2, background=background)
+    {0: ['late', 'refund']}
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top!r}")
-    ids = list(docs_by_cluster)
-    if not ids:
+    counts = {cid: terms(docs) for cid, docs in docs_by_cluster.items()}
+    if not counts:
         return {}
-    joined = [" ".join(docs_by_cluster[i]) for i in ids]
-    vectorizer = CountVectorizer(stop_words="english", ngram_range=(1, 2), lowercase=True)
-    try:
-        counts = vectorizer.fit_transform(joined)
-    except ValueError:  # empty vocabulary: nothing but stop words
-        return {i: [] for i in ids}
-    terms = vectorizer.get_feature_names_out()
-    x = np.asarray(counts.toarray(), dtype=np.float64)
-    words_per_class = x.sum(axis=1)
-    average = float(words_per_class.mean())
-    idf = np.log(1.0 + average / x.sum(axis=0))
-    tf = x / np.where(words_per_class > 0, words_per_class, 1.0)[:, None]
-    weights = tf * idf
+    frequency: Counter[str] = Counter()
+    for c in counts.values():
+        frequency.update(c)
+    classes, words = len(counts), frequency.total()
+    if background is not None:
+        classes += len(background)
+        words += background.words
+    # the weights of all the terms of the named classes, computed as over the whole matrix
+    # (a term's frequency over all classes is exact: sums of counts), only sparse
+    vocabulary = sorted(frequency)
+    index = {t: j for j, t in enumerate(vocabulary)}
+    others: Mapping[str, int] = background.frequency if background is not None else {}
+    f_t = np.array([frequency[t] + others.get(t, 0) for t in vocabulary], dtype=np.float64)
+    average = float(words) / classes  # A: the mean of the classes' word counts
+    idf = np.log(1.0 + average / f_t)
     out: dict[int, list[str]] = {}
-    alphabetical = np.argsort(terms, kind="stable")
-    for row, cid in enumerate(ids):
-        w = weights[row, alphabetical]
-        order = alphabetical[np.argsort(-w, kind="stable")]
-        out[cid] = [str(terms[j]) for j in order[:top] if weights[row, j] > 0]
+    for cid, c in counts.items():
+        own = sorted(c)  # alphabetical: ties keep this order
+        x = np.array([c[t] for t in own], dtype=np.float64)
+        weights = x / float(x.sum() or 1.0) * idf[[index[t] for t in own]]
+        order = np.argsort(-weights, kind="stable")[:top]
+        out[cid] = [own[j] for j in order.tolist() if weights[j] > 0]
     return out
 
 

@@ -14,6 +14,11 @@ feedback that makes an interaction negative later is picked up then), joins them
 nearest cluster or opens new ones, and stores members, centroids, names (class-based TF-IDF
 keywords over the members' inputs) and representative examples. Ids are never reused, so an
 issue keeps its id for life. Issues are then ranked by impact (:func:`issue_stats`).
+
+A run's writes are batched (one statement per table and kind of change), and the keywords of
+the clusters not being named, which names are weighed against, are kept in memory per engine
+and project between runs (:class:`~closedloop.analyze.keywords.Background`, brought up to
+date from the stored keywords each run), so a run's cost follows what changed, not the store.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections import defaultdict
+import threading
+import weakref
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -33,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from closedloop.analyze.cluster import Cluster, ClusterParams, IncrementalClusterer, Pending
-from closedloop.analyze.keywords import ctfidf_keywords, name_of, representatives
+from closedloop.analyze.keywords import Background, ctfidf_keywords, name_of, representatives
 from closedloop.analyze.state import load_state, save_state
 from closedloop.enrich.sessions import user_text
 from closedloop.events import Interaction
@@ -56,6 +63,11 @@ _DROPPED = -1  # a member dropped from a full pending pool: never clustered
 _SEQ_LOOKBACK = 1000
 _RENAME_GROWTH = 1.1  # a cluster is named again once it grew by a tenth
 _interaction = msgspec.json.Decoder(Interaction)
+_BACKGROUNDS = 64  # the projects' naming backgrounds kept per engine, least recently used out
+_backgrounds: weakref.WeakKeyDictionary[Engine, OrderedDict[tuple[int, str], Background]] = (
+    weakref.WeakKeyDictionary()
+)
+_backgrounds_lock = threading.Lock()  # also held while a background is used
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,34 +306,47 @@ class ClusterTracker:
                 sa.select(c.c.id).where(c.c.project_id == project_id, c.c.kind == self.kind)
             ).scalars()
         )
-        for cl in clusters:
-            if cl.id not in touched:
-                continue
-            values = {
+        changed = [cl for cl in clusters if cl.id in touched]
+        updates = [
+            {"b_id": cl.id, "b_centroid": _blob(cl.centroid), "b_size": cl.size}
+            for cl in changed
+            if cl.id in existing
+        ]
+        if updates:
+            conn.execute(
+                c.update()
+                .where(
+                    c.c.project_id == project_id,
+                    c.c.kind == self.kind,
+                    c.c.id == sa.bindparam("b_id"),
+                )
+                .values(
+                    centroid=sa.bindparam("b_centroid"),
+                    size=sa.bindparam("b_size"),
+                    updated_at=now,
+                    last_seen_at=now,
+                ),
+                updates,
+            )
+        inserts = [
+            {
+                "project_id": project_id,
+                "kind": self.kind,
+                "id": cl.id,
+                "model": self.model,
+                "name": f"{self.kind} {cl.id}",
+                "state": "open",
+                "created_at": now,
                 "centroid": _blob(cl.centroid),
                 "size": cl.size,
                 "updated_at": now,
                 "last_seen_at": now,
             }
-            if cl.id in existing:
-                conn.execute(
-                    c.update()
-                    .where(c.c.project_id == project_id, c.c.kind == self.kind, c.c.id == cl.id)
-                    .values(**values)
-                )
-            else:
-                conn.execute(
-                    c.insert().values(
-                        project_id=project_id,
-                        kind=self.kind,
-                        id=cl.id,
-                        model=self.model,
-                        name=f"{self.kind} {cl.id}",
-                        state="open",
-                        created_at=now,
-                        **values,
-                    )
-                )
+            for cl in changed
+            if cl.id not in existing
+        ]
+        if inserts:
+            conn.execute(c.insert(), inserts)
 
     def _name(self, conn: Connection, project_id: int, touched: set[int], now: dt.datetime) -> None:
         """Keywords by c-TF-IDF and examples nearest the centroid, for the clusters that are new
@@ -387,17 +412,7 @@ class ClusterTracker:
                 docs[cid].append(text)
                 refs[cid].append(ref)
                 vecs[cid].append(_vec(vector))
-        # the other clusters, by their keywords, are the background names stand out from
-        background = {
-            -cid: [" ".join(json.loads(words))]
-            for cid, words in conn.execute(
-                sa.select(c.c.id, c.c.keywords).where(
-                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.not_in(due)
-                )
-            )
-            if words != "[]"
-        }
-        keywords = ctfidf_keywords({**docs, **background}, top=8) if docs else {}
+        keywords = self._keywords(conn, project_id, due, docs) if docs else {}
         centroids = dict(
             conn.execute(
                 sa.select(c.c.id, c.c.centroid).where(
@@ -405,6 +420,7 @@ class ClusterTracker:
                 )
             ).all()
         )
+        names: list[dict[str, Any]] = []
         for cid in due:
             words = keywords.get(cid, [])
             examples: list[str] = []
@@ -415,25 +431,79 @@ class ClusterTracker:
             ):
                 picked = representatives(np.stack(vecs[cid]), _vec(centroids[cid]), k=3)
                 examples = [refs[cid][j] for j in picked]
-            conn.execute(
-                c.update()
-                .where(c.c.project_id == project_id, c.c.kind == self.kind, c.c.id == cid)
-                .values(
-                    name=(name_of(words) or f"{self.kind} {cid}")[:256],
-                    keywords=json.dumps(words),
-                    examples=json.dumps(examples),
-                )
+            names.append(
+                {
+                    "b_id": cid,
+                    "b_name": (name_of(words) or f"{self.kind} {cid}")[:256],
+                    "b_keywords": json.dumps(words),
+                    "b_examples": json.dumps(examples),
+                }
             )
             named[str(cid)] = sizes[cid]
+        conn.execute(
+            c.update()
+            .where(
+                c.c.project_id == project_id, c.c.kind == self.kind, c.c.id == sa.bindparam("b_id")
+            )
+            .values(
+                name=sa.bindparam("b_name"),
+                keywords=sa.bindparam("b_keywords"),
+                examples=sa.bindparam("b_examples"),
+            ),
+            names,
+        )
         save_state(conn, project_id, state_name, named)
 
-    def _rank(self, conn: Connection, project_id: int, now: dt.datetime) -> None:
+    def _keywords(
+        self, conn: Connection, project_id: int, due: Sequence[int], docs: Mapping[int, list[str]]
+    ) -> dict[int, list[str]]:
+        """The keywords of the clusters in ``docs``, weighed against the other clusters (by
+        their stored keywords; any embedder's): the background names stand out from."""
         c = models.clusters
+        texts = {
+            cid: " ".join(json.loads(words))
+            for cid, words in conn.execute(
+                sa.select(c.c.id, c.c.keywords).where(
+                    c.c.project_id == project_id, c.c.kind == self.kind, c.c.id.not_in(due)
+                )
+            )
+            if words != "[]"
+        }
+        with _backgrounds_lock:
+            kept = _backgrounds.setdefault(self.engine, OrderedDict())
+            background = kept.pop((project_id, self.kind), None) or Background()
+            kept[(project_id, self.kind)] = background  # the most recently used, last
+            while len(kept) > _BACKGROUNDS:
+                kept.popitem(last=False)
+            background.sync(texts)
+            return ctfidf_keywords(docs, top=8, background=background)
+
+    def _rank(self, conn: Connection, project_id: int, now: dt.datetime) -> None:
+        """Each issue's state and stats, written where they changed."""
+        c = models.clusters
+        stored = {
+            cid: (state, stats)
+            for cid, state, stats in conn.execute(
+                sa.select(c.c.id, c.c.state, c.c.stats).where(
+                    c.c.project_id == project_id, c.c.kind == "issue"
+                )
+            )
+        }
+        changed = []
         for cid, stats in issue_stats(conn, project_id, now, self.params).items():
+            ranked = (stats["state"], json.dumps(stats))
+            if cid in stored and stored[cid] != ranked:
+                changed.append({"b_id": cid, "b_state": ranked[0], "b_stats": ranked[1]})
+        if changed:
             conn.execute(
                 c.update()
-                .where(c.c.project_id == project_id, c.c.kind == "issue", c.c.id == cid)
-                .values(state=stats["state"], stats=json.dumps(stats))
+                .where(
+                    c.c.project_id == project_id,
+                    c.c.kind == "issue",
+                    c.c.id == sa.bindparam("b_id"),
+                )
+                .values(state=sa.bindparam("b_state"), stats=sa.bindparam("b_stats")),
+                changed,
             )
 
 

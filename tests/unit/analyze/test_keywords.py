@@ -3,7 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from closedloop.analyze.keywords import ctfidf_keywords, name_of, representatives
+from closedloop.analyze.keywords import (
+    Background,
+    ctfidf_keywords,
+    name_of,
+    representatives,
+    terms,
+)
 
 DOCS = {
     3: [
@@ -70,3 +76,45 @@ def test_representatives_are_the_rows_nearest_the_centroid() -> None:
     assert len(representatives(vectors, centroid, k=50)) == 20
     with pytest.raises(ValueError):
         representatives(vectors, centroid[:4])
+
+
+OTHERS = {
+    -1: "refund late refund arrived",
+    -2: "card declined card shop",
+    -3: "password reset reset link",
+    -4: "app crashes startup photo",
+}
+
+
+def _with_others(docs: dict[int, list[str]], others: dict[int, str]) -> dict[int, list[str]]:
+    """The keywords of ``docs`` when the others are ordinary classes (the reference)."""
+    everything = ctfidf_keywords({**docs, **{cid: [text] for cid, text in others.items()}}, 8)
+    return {cid: everything[cid] for cid in docs}
+
+
+def test_a_background_weighs_like_the_same_classes_passed_as_docs() -> None:
+    background = Background()
+    background.sync(OTHERS)
+    got = ctfidf_keywords(DOCS, top=8, background=background)
+    assert got == _with_others(DOCS, OTHERS)
+    assert got != ctfidf_keywords(DOCS, top=8), "the background changes the weights"
+
+
+def test_a_synced_background_equals_a_fresh_one_after_changes() -> None:
+    kept = Background()
+    kept.sync(OTHERS)
+    changed = {-1: "refund refund order", -3: OTHERS[-3], -5: "dark mode night", -6: ""}
+    kept.sync(changed)  # one class changed, two left, two came
+    fresh = Background()
+    fresh.sync(changed)
+    assert (len(kept), kept.words, kept.frequency) == (len(fresh), fresh.words, fresh.frequency)
+    assert ctfidf_keywords(DOCS, top=8, background=kept) == _with_others(DOCS, changed)
+
+
+def test_a_class_left_out_of_the_background_leaves_no_term_behind() -> None:
+    background = Background()
+    background.sync({1: "zebulon refund", 2: "refund order"})
+    background.sync({2: "refund order"})
+    assert "zebulon" not in background.frequency
+    assert not any("zebulon" in term for term in background.frequency)
+    assert background.frequency == terms(["refund order"])
