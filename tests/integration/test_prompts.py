@@ -168,6 +168,47 @@ async def test_a_candidate_learns_the_issue_corrections(
     assert "no production version" in missing.run(trigger).summary
 
 
+async def test_a_candidate_action_leaves_a_running_test_to_decide_unless_told_to_replace_it(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    registry.create_version(engine, pid, "support", "Answer: {q}")
+    await post(
+        client,
+        tenant,
+        interaction("i-1", "refund after 40 days?", "1"),
+        feedback("f-1", "i-1", thumbs=-1, correction="Refunds only within 30 days."),
+    )
+    runtime.enricher.run()
+    trigger = Trigger(
+        project_id=pid,
+        rule="corrections-to-prompt",
+        kind="event",
+        segment="prompt=support@1",
+        fired_at=utcnow(),
+        prompt="support",
+    )
+
+    def action(**params: Any) -> PromptCandidateAction:
+        return PromptCandidateAction(PromptCandidateParams(**params), runtime.act_context())
+
+    first = action(share=0.5, max_samples=500, max_days=14).run(trigger)
+    assert first.ok, first.summary
+    (test,) = ab.list_tests(engine, pid, "support")
+    assert (test["params"]["max_samples"], test["params"]["max_days"]) == (500, 14)
+
+    kept = action(share=0.5).run(trigger)
+    assert kept.ok and kept.details["running_test_id"] == test["id"], kept.summary
+    assert "left to decide" in kept.summary
+    assert len(registry.versions(engine, pid, "support")) == 2, "no candidate was built"
+    assert [t["state"] for t in ab.list_tests(engine, pid, "support")] == ["running"]
+
+    replaced = action(share=0.5, replace_running=True).run(trigger)
+    assert replaced.ok, replaced.summary
+    states = [(t["candidate_version"], t["state"]) for t in ab.list_tests(engine, pid, "support")]
+    assert states == [(3, "running"), (2, "stopped")]
+
+
 @pytest.mark.parametrize(
     ("better", "state", "production"), [(True, "promoted", 2), (False, "rolled_back", 1)]
 )
@@ -183,7 +224,10 @@ async def test_the_evaluator_decides_on_rated_interactions(
     settings = runtime.settings.with_overrides(ab_min_samples=20)
     registry.create_version(engine, pid, "support", "v1 {q}")
     registry.create_version(engine, pid, "support", "v2 {q}")
-    before = (utcnow() - dt.timedelta(hours=1)).isoformat()
+    early = []
+    for n in range(10):  # rated, but received before the test started
+        early += [interaction(f"e-{n}", f"q{n}", "2"), feedback(f"fe-{n}", f"e-{n}", thumbs=1)]
+    await post(client, tenant, *early)
     test = ab.start_test(engine, pid, "support", 2, share=0.5, settings=settings)
     good, bad = ("2", "1") if better else ("1", "2")
     events = []
@@ -194,9 +238,6 @@ async def test_the_evaluator_decides_on_rated_interactions(
         events.append(feedback(f"fb-{n}", f"b-{n}", thumbs=1 if n % 5 < 2 else -1))
     for n in range(30):  # unrated: the prior alone is no evidence
         events.append(interaction(f"u-{n}", f"q{n}", "2"))
-    for n in range(10):  # rated, but from before the test started
-        early = {**interaction(f"e-{n}", f"q{n}", "2"), "timestamp": before}
-        events += [early, feedback(f"fe-{n}", f"e-{n}", thumbs=1)]
     await post(client, tenant, *events)
     runtime.enricher.run()
 
@@ -210,6 +251,57 @@ async def test_the_evaluator_decides_on_rated_interactions(
     assert registry.labels(engine, pid, "support") == {"production": production}
     assert registry.resolve(engine, pid, "support").candidate is None
     assert ab.ABEvaluator(engine, settings).run(pid).tests == 0, "an ended test stays ended"
+
+
+async def test_a_test_counts_the_interactions_received_since_it_started_whatever_their_ts(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    # an event's ts is the client's clock (skewed, replayed, or a simulation's virtual day):
+    # what was served under the test is what arrived after it started
+    engine, pid = runtime.engine, tenant.project_id
+    registry.create_version(engine, pid, "support", "v1 {q}")
+    registry.create_version(engine, pid, "support", "v2 {q}")
+    later = (utcnow() + dt.timedelta(hours=12)).isoformat()
+    await post(  # received before the start, though stamped after it
+        client,
+        tenant,
+        *[
+            e
+            for n in range(4)
+            for e in (
+                {**interaction(f"r-{n}", f"q{n}", "2"), "timestamp": later},
+                feedback(f"fr-{n}", f"r-{n}", thumbs=1),
+            )
+        ],
+    )
+    test = ab.start_test(engine, pid, "support", 2, share=0.5, settings=runtime.settings)
+    stamped = dt.datetime.fromisoformat(test["started_at"]) - dt.timedelta(days=3)
+    await post(  # received after the start, though stamped three days before it
+        client,
+        tenant,
+        *[
+            e
+            for n in range(3)
+            for version in ("1", "2")
+            for e in (
+                {
+                    **interaction(f"s{version}-{n}", f"q{n}", version),
+                    "timestamp": stamped.isoformat(),
+                },
+                make_event(
+                    "feedback",
+                    {"interaction_id": f"s{version}-{n}", "thumbs": 1},
+                    id=f"fs{version}-{n}",
+                    timestamp=stamped + dt.timedelta(seconds=5),
+                ),
+            )
+        ],
+    )
+    runtime.enricher.run()
+    ab.ABEvaluator(engine, runtime.settings).run(pid)
+    (after,) = ab.list_tests(engine, pid, "support")
+    assert after["evidence"]["arms"]["candidate"]["n"] == 3, "only those received after"
+    assert after["evidence"]["arms"]["control"]["n"] == 3
 
 
 async def test_too_few_ratings_keep_the_test_running_with_its_evidence(

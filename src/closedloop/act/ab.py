@@ -239,7 +239,11 @@ class ABEvaluator:
     """Evaluates every running test on the quality of its arms' rated interactions.
 
     Only interactions whose quality has a basis (``explicit`` feedback or ``implicit``
-    signals; not the prior alone) since the test started count, read from the hot store.
+    signals; not the prior alone) that *arrived* since the test started count, read from the
+    hot store. Arrival (``received_at``), not the event's ``ts``: ``ts`` is the client's clock,
+    which may be skewed or set in the past (an app replaying a queue, a simulation on a virtual
+    clock), while what was served under the test is what arrived since it started. An import
+    of old interactions while a test runs would count toward it.
     """
 
     def __init__(self, engine: Engine, settings: Settings) -> None:
@@ -257,7 +261,7 @@ class ABEvaluator:
             i.c.project_id == project_id,
             i.c.prompt_name == test["prompt"],
             i.c.prompt_version.in_(list(versions)),
-            i.c.ts >= dt.datetime.fromisoformat(test["started_at"]),
+            i.c.received_at >= dt.datetime.fromisoformat(test["started_at"]),
             i.c.quality.is_not(None),
             i.c.quality_basis.in_(("explicit", "implicit")),
         )
@@ -265,7 +269,10 @@ class ABEvaluator:
             return [(versions[r.prompt_version], float(r.quality)) for r in conn.execute(query)]
 
     def run(self, project_id: int | None = None, now: dt.datetime | None = None) -> ABStats:
-        """Update the evidence of every running test; promote or roll back on a decision."""
+        """Update the evidence of every running test; promote or roll back on a decision.
+
+        ``now`` (default: the clock) dates the evidence and ends a test past its ``max_days``
+        (counted from its start, on the same clock)."""
         now = now or utcnow()
         stats = ABStats()
         t = models.ab_tests

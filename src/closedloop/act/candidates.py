@@ -169,6 +169,18 @@ class PromptCandidateParams(pydantic.BaseModel):
     )
     share: float = pydantic.Field(default=0.2, gt=0, le=1, description="Traffic share.")
     max_examples: int = pydantic.Field(default=8, ge=1, le=100)
+    replace_running: bool = pydantic.Field(
+        default=False,
+        description="Stop the prompt's running A/B test to test the new candidate (default: "
+        "leave it to decide and build nothing: restarting on every firing would never let a "
+        "test gather its samples).",
+    )
+    max_samples: int | None = pydantic.Field(
+        default=None, ge=1, description="Per arm: stop the test as inconclusive at this many."
+    )
+    max_days: float | None = pydantic.Field(
+        default=None, gt=0, description="Stop the test as inconclusive after this many days."
+    )
 
 
 class PromptCandidateAction:
@@ -183,7 +195,11 @@ class PromptCandidateAction:
 
     @classmethod
     def _unit_test_params(cls) -> list[dict[str, Any]]:
-        return [{}, {"prompt": "support", "share": 0.1, "max_examples": 3}]
+        return [
+            {},
+            {"prompt": "support", "share": 0.1, "max_examples": 3},
+            {"replace_running": True, "max_samples": 500, "max_days": 14},
+        ]
 
     def _prompt(self, trigger: Trigger) -> str | None:
         value = self.params.prompt or trigger.prompt
@@ -195,8 +211,20 @@ class PromptCandidateAction:
     def _fail(self, summary: str, dry_run: bool) -> ActionResult:
         return ActionResult(action=self.name, ok=False, summary=summary, dry_run=dry_run)
 
+    def _running_test(self, project_id: int, name: str) -> int | None:
+        t = models.ab_tests
+        with self.context.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(t.c.id)
+                .where(t.c.project_id == project_id, t.c.prompt == name, t.c.state == "running")
+                .order_by(t.c.id.desc())
+                .limit(1)
+            ).scalar()
+        return None if found is None else int(found)
+
     def run(self, trigger: Trigger, *, dry_run: bool = False) -> ActionResult:
-        """Build the candidate and start the test (or, with ``dry_run``, report the examples)."""
+        """Build the candidate and start the test (or, with ``dry_run``, report the examples).
+        While the prompt has a running test it builds nothing, unless ``replace_running``."""
         from closedloop.act.ab import start_test
 
         engine, pid = self.context.engine, trigger.project_id
@@ -218,6 +246,16 @@ class PromptCandidateAction:
             "examples": examples,
             "share": self.params.share,
         }
+        running = None if self.params.replace_running else self._running_test(pid, name)
+        if running is not None:
+            return ActionResult(
+                action=self.name,
+                ok=True,
+                summary=f"prompt {name!r} is under A/B test {running}: left to decide, no "
+                f"candidate built ({len(examples)} corrected examples wait for the next one)",
+                details={**details, "running_test_id": running},
+                dry_run=dry_run,
+            )
         if dry_run:
             return ActionResult(
                 action=self.name,
@@ -243,6 +281,14 @@ class PromptCandidateAction:
                 candidate.version,
                 share=min(self.params.share, self.context.settings.ab_max_share),
                 firing_id=trigger.firing_id,
+                params={
+                    key: value
+                    for key, value in (
+                        ("max_samples", self.params.max_samples),
+                        ("max_days", self.params.max_days),
+                    )
+                    if value is not None
+                },
                 settings=self.context.settings,
             )
         except (ConfigError, NotFound) as exc:

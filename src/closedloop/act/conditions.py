@@ -1,8 +1,8 @@
 """What makes each kind of rule fire: the triggers a condition finds in the store now.
 
 Each finder returns :class:`Found` triggers with the key that de-duplicates them (a trigger
-fires a rule once) and, for the kinds that read a stream (drift alarms, feedback events), the
-cursor to keep once they are handled.
+fires a rule once) and, for the kinds that read a stream (drift alarms, feedback or signal
+events), the cursor to keep once they are handled.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from closedloop.act.actions import Trigger
-from closedloop.act.rules import DriftCondition, EventCondition, IssueCondition, MetricCondition
+from closedloop.act.rules import (
+    DriftCondition,
+    EventCondition,
+    EventFilter,
+    IssueCondition,
+    MetricCondition,
+)
 from closedloop.analyze.metrics import metrics
 from closedloop.analyze.quality_drift import _scaled
 from closedloop.analyze.tracker import topic_table
@@ -32,14 +38,17 @@ __all__ = [
     "issue_triggers",
     "metric_triggers",
     "stream_head",
+    "stream_of",
 ]
 
 #: Interactions a trigger names for its actions (review tasks, knowledge-base entries).
 MAX_INTERACTIONS = 50
-#: Feedback rows an event rule reads per run.
+#: Feedback (or signal) rows an event rule reads per run.
 EVENT_BATCH = 2000
-#: Orphaned feedback an event rule remembers, to read again if it joins late.
+#: Orphaned feedback (or signals) an event rule remembers, to read again if it joins late.
 MAX_ORPHANS = 10_000
+#: Characters of a signal's text (an edit's kept text) a trigger's snapshot carries.
+SNAPSHOT_TEXT = 2000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -319,6 +328,37 @@ def _matches_version(name: str | None, version: str | None, wanted: str) -> bool
     return name == wanted
 
 
+@dataclass(frozen=True)
+class _Stream:
+    """What an event rule reads: the feedback, or the signals of one kind."""
+
+    name: str  # the prefix of its triggers' keys
+    table: sa.Table
+    columns: tuple[Any, ...]  # what its filter and snapshot need besides the shared ones
+    where: Any
+
+
+def _stream(kind: str, signal: str | None = None) -> _Stream:
+    """The ``event`` (feedback) or ``signal`` stream (of one kind, or of all)."""
+    if kind == "signal":
+        s = models.signals
+        where = s.c.kind == signal if signal else sa.true()
+        return _Stream("signal", s, (s.c.kind, s.c.body), where)
+    f = models.feedback
+    columns = (f.c.thumbs, f.c.rating, f.c.rating_min, f.c.rating_max, f.c.label)
+    return _Stream("feedback", f, (*columns, f.c.correction, f.c.comment, f.c.source), sa.true())
+
+
+def stream_of(cond: object) -> str | None:
+    """The stream a rule reads past a cursor (``drift``, ``event`` for feedback, ``signal``),
+    or ``None``: the kind its cursor is kept for."""
+    if isinstance(cond, DriftCondition):
+        return "drift"
+    if isinstance(cond, EventCondition):
+        return "event" if cond.event.signal is None else "signal"
+    return None
+
+
 def event_triggers(
     engine: Engine,
     project_id: int,
@@ -329,71 +369,61 @@ def event_triggers(
     *,
     settle_seconds: float = 0.0,
 ) -> list[Found]:
-    """Each feedback after the cursor that matches the filter, once joined to its interaction.
+    """Each feedback (or, with ``signal``, each signal of that kind) after the cursor that
+    matches the filter, once joined to its interaction.
 
-    Feedback is read in arrival order, only once it is ``settle_seconds`` old (its arrival time
-    is stamped just before its commit: a row stamped earlier may commit a little later).
-    Feedback still waiting for its interaction holds the cursor back; feedback the enrichment
-    job orphaned is remembered (the last :data:`MAX_ORPHANS`) and read again if it joins late.
+    Rows are read in arrival order, only once they are ``settle_seconds`` old (the arrival time
+    is stamped just before the commit: a row stamped earlier may commit a little later). A row
+    still waiting for its interaction holds the cursor back; a row the enrichment job orphaned
+    is remembered (the last :data:`MAX_ORPHANS`) and read again if it joins late.
     """
-    f, i = models.feedback, models.interactions
     flt = cond.event
+    stream = _stream("event" if flt.signal is None else "signal", flt.signal)
+    t, i = stream.table, models.interactions
     orphans = [str(o) for o in cursor.get("orphans", [])]
     columns = (
-        f.c.id,
-        f.c.received_at,
-        f.c.interaction_id,
-        f.c.thumbs,
-        f.c.rating,
-        f.c.rating_min,
-        f.c.rating_max,
-        f.c.label,
-        f.c.correction,
-        f.c.comment,
-        f.c.source,
-        f.c.join_state,
+        t.c.id,
+        t.c.received_at,
+        t.c.interaction_id,
+        t.c.join_state,
+        *stream.columns,
         i.c.prompt_name,
         i.c.prompt_version,
         i.c.model_name,
         i.c.model_version,
     )
-    joined = sa.and_(i.c.project_id == f.c.project_id, i.c.id == f.c.interaction_id)
+    joined = sa.and_(i.c.project_id == t.c.project_id, i.c.id == t.c.interaction_id)
+    ours = sa.and_(t.c.project_id == project_id, stream.where)
     late: list[Any] = []
     with engine.connect() as conn:
         for start in range(0, len(orphans), 500):
             late += conn.execute(
                 sa.select(*columns)
                 .outerjoin(i, joined)
-                .where(
-                    f.c.project_id == project_id,
-                    f.c.join_state == "joined",
-                    f.c.id.in_(orphans[start : start + 500]),
-                )
+                .where(ours, t.c.join_state == "joined", t.c.id.in_(orphans[start : start + 500]))
             ).all()
         waiting = conn.execute(
-            sa.select(sa.func.min(f.c.received_at)).where(
-                f.c.project_id == project_id, f.c.join_state == "pending"
-            )
+            sa.select(sa.func.min(t.c.received_at)).where(ours, t.c.join_state == "pending")
         ).scalar()
         query = (
             sa.select(*columns)
             .outerjoin(i, joined)
             .where(
-                f.c.project_id == project_id,
-                f.c.join_state != "pending",
-                f.c.received_at <= now - dt.timedelta(seconds=settle_seconds),
+                ours,
+                t.c.join_state != "pending",
+                t.c.received_at <= now - dt.timedelta(seconds=settle_seconds),
             )
-            .order_by(f.c.received_at, f.c.id)
+            .order_by(t.c.received_at, t.c.id)
             .limit(EVENT_BATCH)
         )
         if waiting is not None:
-            query = query.where(f.c.received_at < waiting)
+            query = query.where(t.c.received_at < waiting)
         if cursor.get("received_at"):
             at = dt.datetime.fromisoformat(cursor["received_at"])
             query = query.where(
                 sa.or_(
-                    f.c.received_at > at,
-                    sa.and_(f.c.received_at == at, f.c.id > cursor.get("id", "")),
+                    t.c.received_at > at,
+                    sa.and_(t.c.received_at == at, t.c.id > cursor.get("id", "")),
                 )
             )
         rows = conn.execute(query).all()
@@ -419,14 +449,7 @@ def event_triggers(
             else "all"
         )
         snapshot = {
-            "feedback_id": row.id,
-            "interaction_id": row.interaction_id,
-            "thumbs": row.thumbs,
-            "rating": row.rating,
-            "label": row.label,
-            "correction": row.correction,
-            "comment": row.comment,
-            "source": row.source,
+            **(_feedback_snapshot(row) if flt.signal is None else _signal_snapshot(row)),
             "prompt": {"name": prompt, "version": row.prompt_version} if prompt else None,
             "model": {"name": row.model_name, "version": row.model_version}
             if row.model_name
@@ -442,17 +465,39 @@ def event_triggers(
             interaction_ids=(row.interaction_id,),
             prompt=prompt,
         )
-        found.append(Found(trigger=trigger, dedup_key=f"feedback|{row.id}", cursor=cursor))
+        found.append(Found(trigger=trigger, dedup_key=f"{stream.name}|{row.id}", cursor=cursor))
     if (rows or late) and (not found or found[-1].cursor != cursor):
         found.append(Found(trigger=_NO_TRIGGER, dedup_key="", cursor=cursor))
     return found
 
 
+def _feedback_snapshot(row: Any) -> dict[str, Any]:
+    return {
+        "feedback_id": row.id,
+        "interaction_id": row.interaction_id,
+        "thumbs": row.thumbs,
+        "rating": row.rating,
+        "label": row.label,
+        "correction": row.correction,
+        "comment": row.comment,
+        "source": row.source,
+    }
+
+
+def _signal_snapshot(row: Any) -> dict[str, Any]:
+    snapshot = {"signal_id": row.id, "interaction_id": row.interaction_id, "kind": row.kind}
+    text = json.loads(row.body).get("text")
+    if isinstance(text, str):
+        snapshot["text"] = text[:SNAPSHOT_TEXT]
+    return snapshot
+
+
 def stream_head(
     engine: Engine, project_id: int, kind: str, *, before: dt.datetime | None = None
 ) -> dict[str, Any]:
-    """The cursor at the end of a stream (``drift`` alarms, or ``event`` feedback received
-    ``before``): where a new rule starts, so that it acts on what arrives from then on."""
+    """The cursor at the end of a stream (``drift`` alarms, or the ``event`` feedback or the
+    ``signal`` signals received ``before``): where a new rule starts, so that it acts on what
+    arrives from then on."""
     with engine.connect() as conn:
         if kind == "drift":
             a = models.drift_alarms
@@ -460,15 +505,15 @@ def stream_head(
                 sa.select(sa.func.max(a.c.id)).where(a.c.project_id == project_id)
             ).scalar()
             return {"alarm_id": int(last or 0)}
-        f = models.feedback
+        t = _stream(kind).table
         row = conn.execute(
-            sa.select(f.c.received_at, f.c.id)
+            sa.select(t.c.received_at, t.c.id)
             .where(
-                f.c.project_id == project_id,
-                f.c.join_state != "pending",
-                f.c.received_at <= (before or dt.datetime.max.replace(tzinfo=dt.UTC)),
+                t.c.project_id == project_id,
+                t.c.join_state != "pending",
+                t.c.received_at <= (before or dt.datetime.max.replace(tzinfo=dt.UTC)),
             )
-            .order_by(f.c.received_at.desc(), f.c.id.desc())
+            .order_by(t.c.received_at.desc(), t.c.id.desc())
             .limit(1)
         ).first()
     if row is None:
@@ -476,7 +521,20 @@ def stream_head(
     return {"received_at": _aware(row.received_at).isoformat(), "id": row.id}
 
 
-def _event_matches(row: Any, flt: Any) -> bool:
+def _event_matches(row: Any, flt: EventFilter) -> bool:
+    if flt.signal is not None:
+        if row.kind != flt.signal:
+            return False
+    elif not _feedback_matches(row, flt):
+        return False
+    if flt.prompt is not None and not _matches_version(
+        row.prompt_name, row.prompt_version, flt.prompt
+    ):
+        return False
+    return flt.model is None or _matches_version(row.model_name, row.model_version, flt.model)
+
+
+def _feedback_matches(row: Any, flt: EventFilter) -> bool:
     checks: list[Callable[[], bool]] = []
     if flt.source != "any":
         checks.append(lambda: row.source == flt.source)
@@ -488,12 +546,8 @@ def _event_matches(row: Any, flt: Any) -> bool:
         checks.append(lambda: bool(row.comment) == flt.comment)
     if flt.label is not None:
         checks.append(lambda: row.label == flt.label)
-    if flt.rating_below is not None:
-        checks.append(lambda: _below(_scaled_rating(row), flt.rating_below))
-    if flt.prompt is not None:
-        checks.append(lambda: _matches_version(row.prompt_name, row.prompt_version, flt.prompt))
-    if flt.model is not None:
-        checks.append(lambda: _matches_version(row.model_name, row.model_version, flt.model))
+    if (below := flt.rating_below) is not None:
+        checks.append(lambda: _below(_scaled_rating(row), below))
     return all(check() for check in checks)
 
 

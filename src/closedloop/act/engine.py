@@ -107,8 +107,9 @@ class RuleEngine:
     kinds
         The action kinds by name (:func:`closedloop.act.actions.action_kinds`).
     event_settle_seconds
-        How old feedback must be before an event rule reads it (its arrival time is stamped
-        just before its commit, so a row stamped earlier can commit a little later).
+        How old feedback (or a signal) must be before an event rule reads it (its arrival
+        time is stamped just before its commit, so a row stamped earlier can commit a little
+        later).
     """
 
     def __init__(
@@ -213,13 +214,12 @@ class RuleEngine:
         spec = rule.spec
         actions = self._actions(spec)
         state = dict(rule.state)
-        streams = isinstance(spec.condition, EventCondition | DriftCondition)
-        kind = spec.condition.kind
-        if streams and (state.get("started") is None or state.get("kind") != kind):
-            # a new rule (or one whose condition changed kind) acts on what arrives from now
+        stream = conditions.stream_of(spec.condition)
+        if stream is not None and (state.get("started") is None or state.get("kind") != stream):
+            # a new rule (or one whose condition changed stream) acts on what arrives from now
             # on, unless it asks to backfill
-            start = {} if spec.backfill else self.head(rule.project_id, kind, now)
-            state = {**start, "started": now.isoformat(), "kind": kind}
+            start = {} if spec.backfill else self.head(rule.project_id, stream, now)
+            state = {**start, "started": now.isoformat(), "kind": stream}
             with self.engine.begin() as conn:
                 save_rule_state(conn, rule.id, state)
             rule = replace(rule, state=state)
@@ -244,7 +244,7 @@ class RuleEngine:
 
     def head(self, project_id: int, kind: str, now: dt.datetime) -> dict[str, Any]:
         """Where a stream starts for a rule made ``now`` (settled rows only)."""
-        settle = self.event_settle_seconds if kind == "event" else 0.0
+        settle = self.event_settle_seconds if kind in ("event", "signal") else 0.0
         return conditions.stream_head(
             self.engine, project_id, kind, before=now - dt.timedelta(seconds=settle)
         )
@@ -391,8 +391,8 @@ class RuleEngine:
 
     def evaluate(self, rule: StoredRule, *, now: dt.datetime | None = None) -> Evaluation:
         """What ``rule`` would fire on the stored data now, with its actions' dry runs; nothing
-        is recorded. Streams (drift alarms, feedback) are read from the start; what lies before
-        a rule's start (it does not backfill) is shown held."""
+        is recorded. Streams (drift alarms, feedback, signals) are read from the start; what
+        lies before a rule's start (it does not backfill) is shown held."""
         now = now or utcnow()
         spec = rule.spec
         actions = self._actions(spec)
@@ -404,11 +404,10 @@ class RuleEngine:
                 else set()
             )
         start: dict[str, Any] = {}
-        if isinstance(spec.condition, EventCondition | DriftCondition) and not spec.backfill:
-            started = rule.state.get("started") is not None and rule.state.get("kind") == (
-                spec.condition.kind
-            )
-            start = rule.state if started else self.head(rule.project_id, spec.condition.kind, now)
+        stream = conditions.stream_of(spec.condition)
+        if stream is not None and not spec.backfill:
+            started = rule.state.get("started") is not None and rule.state.get("kind") == stream
+            start = rule.state if started else self.head(rule.project_id, stream, now)
         prefix = "dry|" if spec.dry_run else ""
         out = []
         cooled: set[str] = set()
@@ -442,8 +441,8 @@ def _before(cursor: Mapping[str, Any], start: Mapping[str, Any]) -> bool:
 
 
 def cooldown_of(spec: RuleSpec) -> float:
-    """The rule's cooldown in seconds: as set, else none for event rules (each feedback is its
-    own trigger) and an hour for the others."""
+    """The rule's cooldown in seconds: as set, else none for event rules (each feedback or
+    signal is its own trigger) and an hour for the others."""
     if spec.cooldown_seconds is not None:
         return spec.cooldown_seconds
     return 0.0 if isinstance(spec.condition, EventCondition) else 3600.0

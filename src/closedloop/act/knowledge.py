@@ -1,9 +1,10 @@
-"""The knowledge base: corrections become entries an app can recall at once.
+"""The knowledge base: corrections (and edits) become entries an app can recall at once.
 
 An entry pairs a ``query`` (the user's words: an interaction's input text, or its last user
-message) with an ``answer`` (a correction, a reviewer's fix, or one written by hand). Its
-query is embedded with the process's one embedder and stored as float32 bytes beside the
-model's name.
+message) with an ``answer`` (a correction, a reviewer's fix, the text a user kept in an
+``edit`` signal, or one written by hand); corrections and edits come from the store, where
+they were redacted at ingest. Its query is embedded with the process's one embedder and
+stored as float32 bytes beside the model's name.
 
 :func:`recall` scores a query against the project's active entries by cosine similarity with
 numpy, brute force: a knowledge base holds thousands of entries, where a matrix product takes
@@ -49,6 +50,7 @@ __all__ = [
     "deactivate",
     "entries",
     "from_corrections",
+    "from_edits",
     "get_entry",
     "input_text",
     "recall",
@@ -57,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SOURCES = ("correction", "manual", "review")
+_SOURCES = ("correction", "edit", "manual", "review")
 _CHUNK = 400
 
 
@@ -131,13 +133,65 @@ def _secret(conn: sa.Connection, project_id: int) -> str | None:
     return secret
 
 
-def _upsert(conn: sa.Connection, values: dict[str, Any]) -> int:
-    """Insert an entry; one with the same feedback id is replaced (and active again)."""
+@dataclass(frozen=True, kw_only=True)
+class _Fix:
+    """An entry to store: the user's words and the answer they should have had."""
+
+    query: str
+    answer: str
+    source: str
+    interaction_id: str | None = None
+    feedback_id: str | None = None  # a correction's; an edit's entry is keyed by its answer
+    user_id: str | None = None  # the stored id of the user whose words it holds
+
+
+def _upsert(
+    conn: sa.Connection,
+    project_id: int,
+    fix: _Fix,
+    vector: bytes,
+    *,
+    secret: str | None,
+    model: str,
+    firing_id: int | None,
+) -> int:
+    """Insert an entry; the one of the same feedback id (a correction's) or of the same
+    interaction and answer (an edit's: a signal id may equal a feedback id, so it cannot share
+    that key) is replaced (and active again)."""
     t = models.kb_entries
-    if values.get("feedback_id") is None:
-        return int(conn.execute(t.insert().values(**values).returning(t.c.id)).scalar_one())
-    dialect = postgresql if conn.engine.dialect.name == "postgresql" else sqlite
+    now = utcnow()
+    values = {
+        "project_id": project_id,
+        "query": fix.query,
+        "answer": fix.answer,
+        "source": fix.source,
+        "interaction_id": fix.interaction_id,
+        "feedback_id": fix.feedback_id,
+        "user_key": user_key(secret, fix.user_id) if fix.user_id else None,
+        "model": model,
+        "vector": vector,
+        "active": True,
+        "firing_id": firing_id,
+        "created_at": now,
+        "updated_at": now,
+    }
     changed = {k: v for k, v in values.items() if k not in ("project_id", "created_at")}
+    if fix.feedback_id is None:
+        same = None
+        if fix.source == "edit":
+            same = conn.execute(
+                sa.select(sa.func.max(t.c.id)).where(
+                    t.c.project_id == project_id,
+                    t.c.interaction_id == fix.interaction_id,
+                    t.c.source == "edit",
+                    t.c.answer == fix.answer,
+                )
+            ).scalar()
+        if same is None:
+            return int(conn.execute(t.insert().values(**values).returning(t.c.id)).scalar_one())
+        conn.execute(t.update().where(t.c.id == same).values(**changed))
+        return int(same)
+    dialect = postgresql if conn.engine.dialect.name == "postgresql" else sqlite
     stmt = (
         dialect.insert(t)
         .values(**values)
@@ -165,28 +219,19 @@ def add_entry(
     erasure looks for."""
     if source not in _SOURCES:
         raise ConfigError(f"source must be one of {', '.join(_SOURCES)}", field="source")
-    query, answer = _text("query", query), _text("answer", answer)
-    vector = embedder.embed([query])[0].astype(np.float32)
-    now = utcnow()
+    fix = _Fix(
+        query=_text("query", query),
+        answer=_text("answer", answer),
+        source=source,
+        interaction_id=interaction_id,
+        feedback_id=feedback_id,
+        user_id=user_id,
+    )
+    vector = embedder.embed([fix.query])[0].astype(np.float32).tobytes()
     with engine.begin() as conn:
-        key = user_key(_secret(conn, project_id), user_id) if user_id else None
+        secret = _secret(conn, project_id)
         return _upsert(
-            conn,
-            {
-                "project_id": project_id,
-                "query": query,
-                "answer": answer,
-                "source": source,
-                "interaction_id": interaction_id,
-                "feedback_id": feedback_id,
-                "user_key": key,
-                "model": embedder.name,
-                "vector": vector.tobytes(),
-                "active": True,
-                "firing_id": firing_id,
-                "created_at": now,
-                "updated_at": now,
-            },
+            conn, project_id, fix, vector, secret=secret, model=embedder.name, firing_id=firing_id
         )
 
 
@@ -380,18 +425,62 @@ def _latest_corrections(
     )
     if since is not None:
         query = query.where(f.c.received_at >= since)
-    rows: list[Any] = []
     if interaction_ids is None:
-        rows = list(conn.execute(query.limit(limit * 10)))
-    else:
-        ids = sorted(set(interaction_ids))
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            rows.extend(conn.execute(query.where(f.c.interaction_id.in_(chunk))))
+        return _first_of_each(conn.execute(query.limit(limit * 10)))[:limit]
+    return _latest_of(conn, query, f.c.interaction_id, interaction_ids)[:limit]
+
+
+def _latest_of(
+    conn: sa.Connection, query: sa.Select[Any], column: Any, interaction_ids: Iterable[str]
+) -> list[Any]:
+    """The first row ``query`` (newest first) gives for each of the interactions."""
+    ids = sorted(set(interaction_ids))
+    rows: list[Any] = []
+    for start in range(0, len(ids), _CHUNK):
+        rows.extend(conn.execute(query.where(column.in_(ids[start : start + _CHUNK]))))
+    return _first_of_each(rows)
+
+
+def _first_of_each(rows: Iterable[Any]) -> list[Any]:
     latest: dict[str, Any] = {}
     for row in rows:
         latest.setdefault(row.interaction_id, row)
-    return list(latest.values())[:limit]
+    return list(latest.values())
+
+
+def _write(
+    engine: Engine,
+    embedder: Embedder,
+    project_id: int,
+    fixes: Sequence[_Fix],
+    *,
+    firing_id: int | None,
+    dry_run: bool,
+) -> int:
+    """Store ``fixes`` as active entries, each deactivating the other entries of its
+    interaction but the manual ones; how many (in a dry run: would be)."""
+    if dry_run or not fixes:
+        return len(fixes)
+    t = models.kb_entries
+    matrix, name = embedder.embed([fix.query for fix in fixes]).astype(np.float32), embedder.name
+    with engine.begin() as conn:
+        secret = _secret(conn, project_id)
+        for n, fix in enumerate(fixes):
+            vector = matrix[n].tobytes()
+            entry_id = _upsert(
+                conn, project_id, fix, vector, secret=secret, model=name, firing_id=firing_id
+            )
+            conn.execute(
+                t.update()
+                .where(
+                    t.c.project_id == project_id,
+                    t.c.interaction_id == fix.interaction_id,
+                    t.c.id != entry_id,
+                    t.c.source != "manual",
+                )
+                .values(active=False, updated_at=utcnow())
+            )
+    return len(fixes)
 
 
 def from_corrections(
@@ -407,54 +496,86 @@ def from_corrections(
 ) -> int:
     """Turn the latest correction of each interaction (those of ``interaction_ids``, or those
     corrected ``since``) into an entry: the interaction's input as the query, the correction
-    as the answer. Entries of an interaction's earlier corrections are deactivated. Returns
+    as the answer. The interaction's other entries (but manual ones) are deactivated. Returns
     how many entries were written (in a dry run: would be)."""
     if interaction_ids is None and since is None:
         raise ConfigError("pass interaction_ids or since", field="interaction_ids")
-    t = models.kb_entries
     with engine.connect() as conn:
-        found = [
-            (row, text)
+        fixes = [
+            _Fix(
+                interaction_id=row.interaction_id,
+                query=text,
+                answer=row.correction,
+                source="review" if row.source == "reviewer" else "correction",
+                feedback_id=row.id,
+                user_id=row.user_id or row.feedback_user,
+            )
             for row in _latest_corrections(conn, project_id, interaction_ids, since, limit)
             if (text := input_text(row.body)) is not None and text.strip()
         ]
-    if dry_run or not found:
-        return len(found)
-    matrix = embedder.embed([text for _, text in found]).astype(np.float32)
-    now = utcnow()
-    with engine.begin() as conn:
-        secret = _secret(conn, project_id)
-        for n, (row, text) in enumerate(found):
-            who = row.user_id or row.feedback_user
-            _upsert(
-                conn,
-                {
-                    "project_id": project_id,
-                    "query": text,
-                    "answer": row.correction,
-                    "source": "review" if row.source == "reviewer" else "correction",
-                    "interaction_id": row.interaction_id,
-                    "feedback_id": row.id,
-                    "user_key": user_key(secret, who) if who else None,
-                    "model": embedder.name,
-                    "vector": matrix[n].tobytes(),
-                    "active": True,
-                    "firing_id": firing_id,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-            )
-            conn.execute(
-                t.update()
-                .where(
-                    t.c.project_id == project_id,
-                    t.c.interaction_id == row.interaction_id,
-                    t.c.feedback_id != row.id,
-                    t.c.source != "manual",
+    return _write(engine, embedder, project_id, fixes, firing_id=firing_id, dry_run=dry_run)
+
+
+def _latest_edits(conn: sa.Connection, project_id: int, interaction_ids: list[str]) -> list[Any]:
+    """The latest ``edit`` signal of each interaction (in the hot store)."""
+    s, i = models.signals, models.interactions
+    query = (
+        sa.select(
+            s.c.interaction_id,
+            s.c.body.label("signal_body"),
+            s.c.user_id.label("signal_user"),
+            i.c.user_id,
+            i.c.body,
+        )
+        .join(i, sa.and_(i.c.project_id == s.c.project_id, i.c.id == s.c.interaction_id))
+        .where(s.c.project_id == project_id, s.c.kind == "edit")
+        .order_by(s.c.ts.desc(), s.c.id.desc())
+    )
+    return _latest_of(conn, query, s.c.interaction_id, interaction_ids)
+
+
+def from_edits(
+    engine: Engine,
+    embedder: Embedder,
+    project_id: int,
+    interaction_ids: Iterable[str],
+    *,
+    firing_id: int | None = None,
+    limit: int = 100,
+    dry_run: bool = False,
+) -> int:
+    """Turn the text the user kept in the latest ``edit`` signal of each interaction into an
+    entry (source ``edit``): the interaction's input as the query, the kept text (stripped) as
+    the answer, when it is not empty and differs from the output. An interaction with a
+    correction gets none (the explicit fix wins, see :func:`from_corrections`). The
+    interaction's other entries (but manual ones) are deactivated. Returns how many entries
+    were written (in a dry run: would be)."""
+    ids = sorted(set(interaction_ids))
+    fixes: list[_Fix] = []
+    with engine.connect() as conn:
+        corrected = {
+            r.interaction_id for r in _latest_corrections(conn, project_id, ids, None, len(ids))
+        }
+        for row in _latest_edits(conn, project_id, [i for i in ids if i not in corrected]):
+            kept = str(json.loads(row.signal_body).get("text") or "").strip()
+            output = json.loads(row.body).get("output")
+            query = input_text(row.body)
+            if not kept or not query or not query.strip():
+                continue
+            if isinstance(output, str) and kept == output.strip():
+                continue
+            fixes.append(
+                _Fix(
+                    interaction_id=row.interaction_id,
+                    query=query,
+                    answer=kept,
+                    source="edit",
+                    feedback_id=None,
+                    user_id=row.signal_user or row.user_id,  # the words kept are the editor's
                 )
-                .values(active=False, updated_at=now)
             )
-    return len(found)
+    fixes = fixes[:limit]
+    return _write(engine, embedder, project_id, fixes, firing_id=firing_id, dry_run=dry_run)
 
 
 class KnowledgeParams(pydantic.BaseModel):
@@ -463,12 +584,17 @@ class KnowledgeParams(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     from_corrections: bool = True
+    from_edits: bool = pydantic.Field(
+        default=False,
+        description="Also the text users kept in their edits (where no correction exists).",
+    )
     max_entries: int = pydantic.Field(default=100, ge=1, le=10_000)
 
 
 class KnowledgeAction:
-    """Turn the corrections on the trigger's interactions into knowledge-base entries (a
-    per-event rule passes the corrected interaction: the fix is recallable at once)."""
+    """Turn the corrections (and, with ``from_edits``, the edits) on the trigger's interactions
+    into knowledge-base entries (a per-event rule passes the corrected or edited interaction:
+    the fix is recallable at once)."""
 
     name: ClassVar[str] = "kb_refresh"
     Params: ClassVar[type[pydantic.BaseModel]] = KnowledgeParams
@@ -479,33 +605,41 @@ class KnowledgeAction:
 
     @classmethod
     def _unit_test_params(cls) -> Sequence[dict[str, Any]]:
-        return [{}, {"from_corrections": False}, {"max_entries": 5}]
+        return [{}, {"from_corrections": False}, {"from_edits": True}, {"max_entries": 5}]
 
     def run(self, trigger: Trigger, *, dry_run: bool = False) -> ActionResult:
         """Write the entries (in a dry run: count them)."""
         ids = list(dict.fromkeys(trigger.interaction_ids))
-        if not self.params.from_corrections or not ids:
-            return ActionResult(
-                action=self.name,
-                ok=True,
-                summary="no corrections to turn into entries",
-                details={"entries": 0},
+        p, written = self.params, {"corrections": 0, "edits": 0}
+        context, project_id = self.context, trigger.project_id
+        if p.from_corrections and ids:
+            written["corrections"] = from_corrections(
+                context.engine,
+                context.embedder(),
+                project_id,
+                ids,
+                firing_id=trigger.firing_id,
+                limit=p.max_entries,
                 dry_run=dry_run,
             )
-        count = from_corrections(
-            self.context.engine,
-            self.context.embedder(),
-            trigger.project_id,
-            ids,
-            firing_id=trigger.firing_id,
-            limit=self.params.max_entries,
-            dry_run=dry_run,
-        )
+        left = p.max_entries - written["corrections"]
+        if p.from_edits and ids and left > 0:
+            written["edits"] = from_edits(
+                context.engine,
+                context.embedder(),
+                project_id,
+                ids,
+                firing_id=trigger.firing_id,
+                limit=left,
+                dry_run=dry_run,
+            )
+        count = sum(written.values())
         verb = "would write" if dry_run else "wrote"
         return ActionResult(
             action=self.name,
             ok=True,
-            summary=f"{verb} {count} knowledge-base entries from corrections",
-            details={"entries": count, "interaction_ids": ids[: self.params.max_entries]},
+            summary=f"{verb} {count} knowledge-base entries ({written['corrections']} from "
+            f"corrections, {written['edits']} from edits)",
+            details={"entries": count, **written, "interaction_ids": ids[: p.max_entries]},
             dry_run=dry_run,
         )

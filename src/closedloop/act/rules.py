@@ -20,9 +20,15 @@ A rule binds one condition to one or more actions::
           event: {thumbs: down, correction: true, prompt: support-v3}
         actions:
           - kb_refresh: {}
+      - name: edits-to-kb
+        when:
+          event: {signal: edit}
+        actions:
+          - kb_refresh: {from_edits: true}
 
 Conditions: ``metric`` (a measure over a window, per segment), ``drift`` (a new drift alarm),
-``issue`` (an issue opened or growing) and ``event`` (every feedback matching a filter).
+``issue`` (an issue opened or growing) and ``event`` (every feedback matching a filter, or
+with ``signal`` every signal of that kind).
 
 >>> spec = parse_rules("rules:\\n  - name: r\\n    when: {drift: quality}\\n"
 ...                    "    actions: [{webhook: {endpoint: ops}}]\\n")[0]
@@ -47,6 +53,7 @@ from sqlalchemy.engine import Engine
 
 from closedloop.analyze.metrics import MEASURES
 from closedloop.errors import ConfigError, NotFound
+from closedloop.events import SIGNAL_KINDS
 from closedloop.store import models
 from closedloop.store.db import utc, utcnow
 
@@ -164,8 +171,12 @@ class IssueCondition(_Strict):
 
 
 class EventFilter(_Strict):
-    """Which feedback fires an event rule (every field given must match)."""
+    """Which feedback fires an event rule (every field given must match); with ``signal``,
+    which signals of that kind (only ``prompt`` and ``model`` may narrow them)."""
 
+    signal: str | None = Field(
+        default=None, description="A signal kind (edit, rephrase...): read the signals."
+    )
     thumbs: Literal["up", "down"] | None = None
     correction: bool | None = None
     comment: bool | None = None
@@ -175,9 +186,34 @@ class EventFilter(_Strict):
     prompt: str | None = Field(default=None, description="A prompt name, or NAME@VERSION.")
     model: str | None = Field(default=None, description="A model name, or NAME@VERSION.")
 
+    @field_validator("signal")
+    @classmethod
+    def _kind(cls, value: str | None) -> str | None:
+        if value is not None and value not in SIGNAL_KINDS:
+            raise ValueError(
+                f"unknown signal kind {value!r} for `signal`; one of: {', '.join(SIGNAL_KINDS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _signal_alone(self) -> EventFilter:
+        if self.signal is None:
+            return self
+        mixed = [
+            name
+            for name in ("thumbs", "correction", "comment", "label", "rating_below")
+            if getattr(self, name) is not None
+        ] + (["source"] if self.source != "user" else [])
+        if mixed:
+            raise ValueError(
+                f"`signal` cannot be combined with {', '.join(mixed)}: those filter feedback, "
+                "and a rule with `signal` reads the signals (write two rules)"
+            )
+        return self
+
 
 class EventCondition(_Strict):
-    """Every feedback matching the filter (once joined to its interaction)."""
+    """Every feedback (or signal) matching the filter, once joined to its interaction."""
 
     kind: Literal["event"] = "event"
     event: EventFilter
@@ -212,8 +248,8 @@ class RuleSpec(_Strict):
     effect_window_seconds: float | None = Field(default=None, alias="effect_window")
     backfill: bool = Field(
         default=False,
-        description="A new drift or event rule reads the alarms or feedback stored before it "
-        "(default: only what arrives from then on).",
+        description="A new drift or event rule reads the alarms, feedback or signals stored "
+        "before it (default: only what arrives from then on).",
     )
     holdout: float = Field(
         default=0.0,

@@ -96,23 +96,35 @@ def _select_ids(conn: sa.Connection, column: Any, where: Any, values: Iterable[s
 _ID_CHAR = r"A-Za-z0-9._:\-"  # the characters of an event id (closedloop.events)
 
 
+@dataclass
+class _Erased:
+    """The ids of the user's rows an erasure has found: each sweep of the hot store adds the
+    feedback and signals it deletes (the lake's are added before), so that every sweep scrubs
+    what the act stage copied of any of them."""
+
+    interactions: set[str]
+    feedback: set[str] = field(default_factory=set)
+    signals: set[str] = field(default_factory=set)
+
+
 def _mentions(text: str, ids: Collection[str]) -> bool:
     """Whether ``text`` (JSON, possibly holding JSON in strings) names one of ``ids`` whole."""
     return any(re.search(f"(?<![{_ID_CHAR}]){re.escape(i)}(?![{_ID_CHAR}])", text) for i in ids)
 
 
-def _scrub_actions(
-    conn: sa.Connection, project_id: int, interaction_ids: set[str], feedback_ids: set[str]
-) -> dict[str, int]:
-    """The user's words that the act stage copied: a rule firing's snapshot of their feedback,
-    the results of actions that quoted their interactions or feedback (a prompt candidate's
-    examples, a dry run's body), the webhooks carrying their feedback (deleted while not yet
-    delivered, emptied after), and the few-shot examples of prompt versions. Rows are picked
-    by a LIKE on each id (wildcards escaped), then checked exactly."""
+def _scrub_actions(conn: sa.Connection, project_id: int, erased: _Erased) -> dict[str, int]:
+    """The user's words that the act stage copied: a rule firing's snapshot of their feedback
+    or signal (an edit's text), the results of actions that quoted their interactions,
+    feedback or signals (a prompt candidate's examples, a dry run's body), the webhooks
+    carrying their feedback or signals (deleted while not yet delivered, emptied after), and
+    the few-shot examples of prompt versions. Rows are picked by a LIKE on each id (wildcards
+    escaped), then checked exactly."""
     from closedloop.act.prompts import forget_examples
 
     fr, wd = models.firings, models.webhook_deliveries
-    ids = interaction_ids | feedback_ids
+    interaction_ids, feedback_ids = erased.interactions, erased.feedback
+    events = feedback_ids | erased.signals  # what a trigger's snapshot or a webhook carries
+    ids = interaction_ids | events
     firings: set[int] = set()
     deliveries: set[int] = set()
     for chunk in _chunks(sorted(ids)):
@@ -126,7 +138,11 @@ def _scrub_actions(
         for row in rows:
             trigger, stored = json.loads(row.trigger), json.loads(row.actions)
             changed = False
-            if (trigger.get("snapshot") or {}).get("feedback_id") in feedback_ids:
+            snapshot = trigger.get("snapshot") or {}
+            if (
+                snapshot.get("feedback_id") in feedback_ids
+                or snapshot.get("signal_id") in erased.signals
+            ):
                 trigger["snapshot"], changed = {"erased": True}, True
             results = stored if isinstance(stored, list) else (stored or {}).get("done", [])
             for result in results:
@@ -146,7 +162,7 @@ def _scrub_actions(
             )
         ).all()
         for row in rows:
-            if int(row.id) in deliveries or not _mentions(row.payload, feedback_ids):
+            if int(row.id) in deliveries or not _mentions(row.payload, events):
                 continue
             where = wd.c.id == row.id
             if row.state == "delivered":
@@ -241,6 +257,7 @@ def erase_user(
             interaction_ids = _hot_interactions(conn, project_id, forms)
         # 2. What the lake holds of the user: their interactions' ids first, then the files.
         lake_hits: list[manifest.LakeFile] = []
+        tiered: dict[str, set[str]] = {"feedback": set(), "signals": set()}
         if lake is not None:
             with engine.connect() as conn:
                 files = manifest.published(conn, project_id)
@@ -251,6 +268,8 @@ def erase_user(
                     )
                     if entity == "interactions":
                         interaction_ids |= hit_ids
+                    else:  # a firing of a tiered feedback or signal may still quote it
+                        tiered[entity] |= hit_ids
                     if count:
                         lake_hits.append(file)
         # Feedback and signals sent later on the erased answers are kept out too.
@@ -262,7 +281,8 @@ def erase_user(
             )
         notify()
         # 3. The hot tables, vectors and cached embeddings, in one transaction.
-        _add(receipt.hot, _delete_hot(engine, project_id, forms, interaction_ids))
+        erased = _Erased(interaction_ids, tiered["feedback"], tiered["signals"])
+        _add(receipt.hot, _delete_hot(engine, project_id, forms, erased))
         # 4. The lake: each affected file rewritten without the user's rows (verified).
         for file in lake_hits:
             columns = _USER_COLUMNS[file.entity]
@@ -304,7 +324,7 @@ def erase_user(
     wait = settled_at - time.monotonic()
     if wait > 0:
         time.sleep(wait)
-    _add(receipt.hot, _delete_hot(engine, project_id, forms, interaction_ids))
+    _add(receipt.hot, _delete_hot(engine, project_id, forms, erased))
 
     # 7. Vector indexes hold the vectors too: dropped, rebuilt from the table on next use.
     if indexes is not None:
@@ -328,10 +348,9 @@ def _hot_interactions(conn: sa.Connection, project_id: int, forms: set[str]) -> 
     )
 
 
-def _delete_hot(
-    engine: Engine, project_id: int, forms: set[str], known_interactions: set[str]
-) -> dict[str, int]:
+def _delete_hot(engine: Engine, project_id: int, forms: set[str], known: _Erased) -> dict[str, int]:
     """Delete the user's hot rows and what hangs on them, in one transaction; the counts.
+    The ids of the feedback and signals deleted are added to ``known``.
 
     Source rows go before their vectors: on PostgreSQL the embedding job holds a share lock
     on the rows it is storing vectors for, so these deletes wait for it, and the vector
@@ -343,7 +362,7 @@ def _delete_hot(
         if is_sqlite(engine):
             conn.exec_driver_sql("PRAGMA secure_delete=ON")
         hot_interactions = _hot_interactions(conn, project_id, forms)
-        interaction_ids = known_interactions | hot_interactions
+        interaction_ids = known.interactions | hot_interactions
         session_ids = {
             r[0]
             for chunk in _chunks(sorted(hot_interactions))
@@ -375,15 +394,20 @@ def _delete_hot(
         hot["feedback"] = _delete(
             conn, f, lambda c: sa.and_(f.c.project_id == project_id, f.c.id.in_(c)), feedback_ids
         )
-        hot["signals"] = _delete(
-            conn,
-            s,
-            lambda c: sa.and_(
-                s.c.project_id == project_id,
-                sa.or_(s.c.user_id.in_(c), s.c.interaction_id.in_(c)),
-            ),
-            list(forms | interaction_ids),
-        )
+        # the deleted signals' ids: a firing's snapshot or a webhook may carry their text
+        signal_ids: list[str] = []
+        for chunk in _chunks(sorted(forms | interaction_ids)):
+            signal_ids += conn.execute(
+                s.delete()
+                .where(
+                    s.c.project_id == project_id,
+                    sa.or_(s.c.user_id.in_(chunk), s.c.interaction_id.in_(chunk)),
+                )
+                .returning(s.c.id)
+            ).scalars()
+        hot["signals"] = len(signal_ids)
+        known.feedback |= feedback_ids
+        known.signals.update(signal_ids)
         hot["sessions"] = _delete(
             conn,
             ss,
@@ -470,7 +494,8 @@ def _delete_hot(
             )
             for chunk in _chunks(sorted(interaction_ids))
         )
-        hot.update(_scrub_actions(conn, project_id, interaction_ids, feedback_ids))
+        scrub = _Erased(interaction_ids, known.feedback, known.signals)
+        hot.update(_scrub_actions(conn, project_id, scrub))
         # topic and issue memberships, and the examples that showed the user's inputs (a
         # cluster's centroid and keywords are aggregates, renewed when it next changes)
         m, cl = models.cluster_members, models.clusters

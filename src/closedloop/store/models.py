@@ -181,6 +181,8 @@ signals = sa.Table(
     sa.Column("orphan_reason", sa.String(32)),
     sa.Index("ix_signals_project_interaction", "project_id", "interaction_id"),
     sa.Index("ix_signals_project_ts", "project_id", "ts"),
+    # a signal rule reads one kind's signals past its cursor, in arrival order
+    sa.Index("ix_signals_project_kind_received", "project_id", "kind", "received_at"),
     sa.Index(
         "ix_signals_unjoined",
         "join_state",

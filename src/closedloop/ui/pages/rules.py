@@ -54,7 +54,8 @@ def _base(v: Viewer) -> str:
 
 
 def condition_text(rule: StoredRule) -> str:
-    """The condition in a few words: ``observed_quality < 0.8 by prompt over 3h``."""
+    """The condition in a few words: ``observed_quality < 0.8 by prompt over 3h``,
+    ``feedback thumbs=down, source=user`` or ``signal edit, prompt=support``."""
     c = rule.spec.condition
     if c.kind == "metric":
         op, threshold = ("<", c.below) if c.below is not None else (">", c.above)
@@ -63,7 +64,13 @@ def condition_text(rule: StoredRule) -> str:
         return f"{c.drift} drift alarm"
     if c.kind == "issue":
         return f"issue {' or '.join(c.issue)} (size ≥ {c.min_size})"
-    picked = {k: v for k, v in c.event.model_dump().items() if v is not None}
+    flt = c.event
+    if flt.signal is not None:  # only prompt and model narrow a signal rule
+        narrowed = {"prompt": flt.prompt, "model": flt.model}
+        return ", ".join(
+            [f"signal {flt.signal}", *(f"{k}={v}" for k, v in narrowed.items() if v is not None)]
+        )
+    picked = {k: v for k, v in flt.model_dump().items() if v is not None}
     return "feedback " + ", ".join(f"{k}={v}" for k, v in picked.items())
 
 
