@@ -9,6 +9,7 @@ Issues are made by hand here: one ``clusters`` row (kind ``issue``) and its
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from closedloop.act import ab
 from closedloop.act import prompts as registry
 from closedloop.act.actions import Trigger
 from closedloop.act.candidates import PromptCandidateAction, PromptCandidateParams, build_candidate
+from closedloop.act.effect import Scope, baseline, effect_report
 from closedloop.errors import ConfigError, NotFound
 from closedloop.runtime import Runtime
 from closedloop.store import models
@@ -209,6 +211,48 @@ async def test_a_candidate_action_leaves_a_running_test_to_decide_unless_told_to
     assert states == [(3, "running"), (2, "stopped")]
 
 
+async def test_a_candidate_action_whose_max_samples_the_settings_refuse_builds_nothing(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    registry.create_version(engine, pid, "support", "Answer: {q}")
+    await post(
+        client,
+        tenant,
+        interaction("i-1", "refund after 40 days?", "1"),
+        feedback("f-1", "i-1", thumbs=-1, correction="Refunds only within 30 days."),
+    )
+    runtime.enricher.run()
+    trigger = Trigger(
+        project_id=pid,
+        rule="corrections-to-prompt",
+        kind="event",
+        segment="prompt=support@1",
+        fired_at=utcnow(),
+        prompt="support",
+    )
+    least = runtime.settings.ab_min_samples
+
+    def action(max_samples: int) -> PromptCandidateAction:
+        params = PromptCandidateParams(max_samples=max_samples)
+        return PromptCandidateAction(params, runtime.act_context())
+
+    dry = action(least - 1).run(trigger, dry_run=True)
+    assert not dry.ok and "max_samples must be >= min_samples" in dry.summary, dry.summary
+    assert f"CLOSEDLOOP_AB_MIN_SAMPLES is {least}" in dry.summary
+    for _ in range(2):  # every firing fails the same way, leaving nothing behind
+        done = action(least - 1).run(trigger)
+        assert not done.ok and done.summary == dry.summary
+    assert [v.version for v in registry.versions(engine, pid, "support")] == [1]
+    assert ab.list_tests(engine, pid, "support") == []
+    assert registry.labels(engine, pid, "support") == {"production": 1}
+
+    fine = action(least).run(trigger)
+    assert fine.ok, fine.summary
+    (test,) = ab.list_tests(engine, pid, "support")
+    assert test["params"]["max_samples"] == least
+
+
 @pytest.mark.parametrize(
     ("better", "state", "production"), [(True, "promoted", 2), (False, "rolled_back", 1)]
 )
@@ -302,6 +346,89 @@ async def test_a_test_counts_the_interactions_received_since_it_started_whatever
     (after,) = ab.list_tests(engine, pid, "support")
     assert after["evidence"]["arms"]["candidate"]["n"] == 3, "only those received after"
     assert after["evidence"]["arms"]["control"]["n"] == 3
+
+
+@pytest.mark.parametrize("measure", ["quality", "positive_rate", "rating"])
+async def test_the_effect_report_counts_the_arms_by_arrival_as_the_test_does(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant, measure: str
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    registry.create_version(engine, pid, "support", "v1 {q}")
+    registry.create_version(engine, pid, "support", "v2 {q}")
+    later = (utcnow() + dt.timedelta(hours=12)).isoformat()
+    await post(  # received before the start, though stamped after it: counted by neither
+        client,
+        tenant,
+        *[
+            e
+            for n in range(4)
+            for e in (
+                {**interaction(f"r-{n}", f"q{n}", "2"), "timestamp": later},
+                feedback(f"fr-{n}", f"r-{n}", thumbs=1, rating=5),
+            )
+        ],
+    )
+    fired_at = utcnow()
+    scope = Scope(measure=measure, by="prompt", value="support@1", window=3600.0)
+    with engine.begin() as conn:
+        firing_id = conn.execute(
+            models.firings.insert()
+            .values(
+                project_id=pid,
+                rule_id=1,
+                rule_name="weak-prompt",
+                dedup_key="metric|prompt=support@1",
+                segment="prompt=support@1",
+                fired_at=fired_at,
+                dry_run=False,
+                baseline=json.dumps(baseline(runtime.analytics(), engine, pid, scope, fired_at)),
+            )
+            .returning(models.firings.c.id)
+        ).scalar_one()
+    test = ab.start_test(
+        engine, pid, "support", 2, share=0.5, firing_id=firing_id, settings=runtime.settings
+    )
+    stamped = dt.datetime.fromisoformat(test["started_at"]) - dt.timedelta(days=3)
+    up = {"1": [1, -1, -1], "2": [1, 1, 1]}
+    await post(  # received after the start, though stamped three days before it: counted
+        client,
+        tenant,
+        *[
+            e
+            for version in ("1", "2")
+            for n, thumbs in enumerate(up[version])
+            for e in (
+                {
+                    **interaction(f"s{version}-{n}", f"q{n}", version),
+                    "timestamp": stamped.isoformat(),
+                },
+                make_event(
+                    "feedback",
+                    {
+                        "interaction_id": f"s{version}-{n}",
+                        "thumbs": thumbs,
+                        "rating": 5 if thumbs > 0 else 1,
+                    },
+                    id=f"fs{version}-{n}",
+                    timestamp=stamped + dt.timedelta(seconds=5),
+                ),
+            )
+        ],
+    )
+    runtime.enricher.run()
+    ab.ABEvaluator(engine, runtime.settings).run(pid)
+    (after,) = ab.list_tests(engine, pid, "support")
+    evidence = after["evidence"]["arms"]
+    (row,) = effect_report(engine, runtime.analytics(), pid)
+    assert row["method"] == "ab_holdout", row
+    arms = row["ab"]
+    assert arms["test_id"] == test["id"]
+    assert arms["candidate"]["n"] == evidence["candidate"]["n"] == 3
+    assert arms["control"]["n"] == evidence["control"]["n"] == 3
+    if measure != "quality":  # the latest thumbs, or the rating scaled to [0, 1]
+        assert arms["candidate"]["value"] == pytest.approx(1.0)
+        assert arms["control"]["value"] == pytest.approx(1 / 3)
+        assert row["effect"] == pytest.approx(2 / 3)
 
 
 async def test_too_few_ratings_keep_the_test_running_with_its_evidence(

@@ -162,13 +162,48 @@ async def test_a_rule_turned_from_feedback_to_signals_starts_at_the_signals_head
     engine.run(tenant.project_id)
     assert RAN == []  # the edit stored before the rule read signals is not replayed
     (stored,) = list_rules(runtime.engine, tenant.project_id)
-    assert stored.state["kind"] == "signal"
+    assert stored.state["kind"] == "signal:edit"
     assert [t["held"][:10] for t in engine.evaluate(stored).triggers] == ["before the"]
     later = utcnow() - dt.timedelta(seconds=1)
     await send(client, tenant, [at(later, "signal", _edit("i1", "new edit"), "s-new")])
     Enricher(runtime.engine).run()
     engine.run(tenant.project_id)
     assert [r.snapshot["signal_id"] for _, r, dry in RAN if not dry] == ["s-new"]
+
+
+async def test_a_rule_switched_to_another_signal_kind_starts_at_that_kinds_head(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    # an edit rule's cursor moves past edits only: switched to rephrase, it must not replay
+    # the rephrases received before the switch
+    t = utcnow() - dt.timedelta(minutes=30)
+    engine = engine_of(runtime)
+    edits = "rules:\n  - {name: r, when: {event: {signal: edit}}, actions: [{record: {}}]}\n"
+    rule(runtime, tenant, edits)
+    engine.run(tenant.project_id)
+    body = {"input": "q", "output": "a", "prompt": SUPPORT}
+    rephrase = [
+        at(t, "signal", {"interaction_id": "i1", "kind": "rephrase", "text": f"q{n}"}, f"r{n}")
+        for n in range(5)
+    ]
+    await send(client, tenant, [at(t, "interaction", body, "i1"), *rephrase])
+    Enricher(runtime.engine).run()
+    engine.run(tenant.project_id)
+    assert RAN == []
+    (stored,) = list_rules(runtime.engine, tenant.project_id)
+    assert stored.state["kind"] == "signal:edit"
+    rule(runtime, tenant, edits.replace("signal: edit", "signal: rephrase"))
+    engine.run(tenant.project_id)
+    assert RAN == [], "rephrases received before the switch were replayed"
+    (stored,) = list_rules(runtime.engine, tenant.project_id)
+    assert stored.state["kind"] == "signal:rephrase"
+    assert [t["held"][:10] for t in engine.evaluate(stored).triggers] == ["before the"] * 5
+    later = utcnow() - dt.timedelta(seconds=1)
+    new = {"interaction_id": "i1", "kind": "rephrase", "text": "q again"}
+    await send(client, tenant, [at(later, "signal", new, "r-new")])
+    Enricher(runtime.engine).run()
+    engine.run(tenant.project_id)
+    assert [r.snapshot["signal_id"] for _, r, dry in RAN if not dry] == ["r-new"]
 
 
 async def test_an_edits_to_kb_rule_makes_the_kept_text_recallable(

@@ -41,6 +41,7 @@ __all__ = [
     "start_test",
     "ab_test_json",
     "list_tests",
+    "resolve_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,10 @@ def list_tests(
         return [ab_test_json(r) for r in conn.execute(query)]
 
 
-def _params(settings: Settings, overrides: Mapping[str, Any] | None) -> ABParams:
+def resolve_params(settings: Settings, overrides: Mapping[str, Any] | None = None) -> ABParams:
+    """A test's parameters: the settings' ``alpha`` and ``min_samples`` with ``overrides``
+    (``alpha``, ``tau``, ``min_samples``, ``max_samples``, ``max_days``); a
+    :class:`~closedloop.errors.ConfigError` if unknown or inconsistent."""
     base = {"alpha": settings.ab_alpha, "min_samples": settings.ab_min_samples}
     extra = dict(overrides or {})
     unknown = set(extra) - {"alpha", "tau", "min_samples", "max_samples", "max_days"}
@@ -107,7 +111,7 @@ def start_test(
             f"share must be above 0 and at most {settings.ab_max_share} (CLOSEDLOOP_AB_MAX_SHARE)",
             field="share",
         )
-    chosen = _params(settings, params)
+    chosen = resolve_params(settings, params)
     control = prompts.get(engine, project_id, name)
     prompts.get(engine, project_id, name, version=candidate_version)
     if control.version == candidate_version:

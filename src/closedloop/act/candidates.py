@@ -222,12 +222,26 @@ class PromptCandidateAction:
             ).scalar()
         return None if found is None else int(found)
 
+    def _test_params(self) -> dict[str, Any]:
+        """The test parameters the action sets (the others are the settings')."""
+        chosen = (("max_samples", self.params.max_samples), ("max_days", self.params.max_days))
+        return {key: value for key, value in chosen if value is not None}
+
     def run(self, trigger: Trigger, *, dry_run: bool = False) -> ActionResult:
         """Build the candidate and start the test (or, with ``dry_run``, report the examples).
-        While the prompt has a running test it builds nothing, unless ``replace_running``."""
-        from closedloop.act.ab import start_test
+        While the prompt has a running test it builds nothing, unless ``replace_running``.
+        Test parameters the settings refuse (``max_samples`` below ``ab_min_samples``) fail
+        it before anything is built."""
+        from closedloop.act.ab import resolve_params, start_test
 
         engine, pid = self.context.engine, trigger.project_id
+        try:
+            resolve_params(self.context.settings, self._test_params())
+        except ConfigError as exc:
+            hint = ""
+            if exc.field == "params.max_samples":  # min_samples is the settings' alone
+                hint = f" (CLOSEDLOOP_AB_MIN_SAMPLES is {self.context.settings.ab_min_samples})"
+            return self._fail(f"the A/B test's parameters: {exc}{hint}", dry_run)
         name = self._prompt(trigger)
         if name is None:
             return self._fail("no prompt: set `prompt` or fire on a prompt segment", dry_run)
@@ -281,14 +295,7 @@ class PromptCandidateAction:
                 candidate.version,
                 share=min(self.params.share, self.context.settings.ab_max_share),
                 firing_id=trigger.firing_id,
-                params={
-                    key: value
-                    for key, value in (
-                        ("max_samples", self.params.max_samples),
-                        ("max_days", self.params.max_days),
-                    )
-                    if value is not None
-                },
+                params=self._test_params(),
                 settings=self.context.settings,
             )
         except (ConfigError, NotFound) as exc:

@@ -338,24 +338,28 @@ class _Stream:
     where: Any
 
 
-def _stream(kind: str, signal: str | None = None) -> _Stream:
-    """The ``event`` (feedback) or ``signal`` stream (of one kind, or of all)."""
-    if kind == "signal":
+def _stream(kind: str) -> _Stream:
+    """The ``event`` stream (feedback) or a ``signal:KIND`` stream (the signals of a kind)."""
+    if kind.startswith("signal:"):
         s = models.signals
-        where = s.c.kind == signal if signal else sa.true()
+        where = s.c.kind == kind.removeprefix("signal:")
         return _Stream("signal", s, (s.c.kind, s.c.body), where)
+    if kind != "event":
+        raise ValueError(f"no stream {kind!r}: drift, event or signal:KIND")
     f = models.feedback
     columns = (f.c.thumbs, f.c.rating, f.c.rating_min, f.c.rating_max, f.c.label)
     return _Stream("feedback", f, (*columns, f.c.correction, f.c.comment, f.c.source), sa.true())
 
 
 def stream_of(cond: object) -> str | None:
-    """The stream a rule reads past a cursor (``drift``, ``event`` for feedback, ``signal``),
-    or ``None``: the kind its cursor is kept for."""
+    """The stream a rule reads past a cursor (``drift``, ``event`` for feedback, or
+    ``signal:KIND`` for the signals of one kind), or ``None``: the stream its cursor is kept
+    for. A rule whose stream changes (another signal kind among them) restarts at its head, as
+    its cursor only moved past the rows it read."""
     if isinstance(cond, DriftCondition):
         return "drift"
     if isinstance(cond, EventCondition):
-        return "event" if cond.event.signal is None else "signal"
+        return "event" if cond.event.signal is None else f"signal:{cond.event.signal}"
     return None
 
 
@@ -378,7 +382,7 @@ def event_triggers(
     is remembered (the last :data:`MAX_ORPHANS`) and read again if it joins late.
     """
     flt = cond.event
-    stream = _stream("event" if flt.signal is None else "signal", flt.signal)
+    stream = _stream("event" if flt.signal is None else f"signal:{flt.signal}")
     t, i = stream.table, models.interactions
     orphans = [str(o) for o in cursor.get("orphans", [])]
     columns = (
@@ -496,8 +500,8 @@ def stream_head(
     engine: Engine, project_id: int, kind: str, *, before: dt.datetime | None = None
 ) -> dict[str, Any]:
     """The cursor at the end of a stream (``drift`` alarms, or the ``event`` feedback or the
-    ``signal`` signals received ``before``): where a new rule starts, so that it acts on what
-    arrives from then on."""
+    ``signal:KIND`` signals received ``before``): where a new rule starts, so that it acts on
+    what arrives from then on."""
     with engine.connect() as conn:
         if kind == "drift":
             a = models.drift_alarms
@@ -505,11 +509,13 @@ def stream_head(
                 sa.select(sa.func.max(a.c.id)).where(a.c.project_id == project_id)
             ).scalar()
             return {"alarm_id": int(last or 0)}
-        t = _stream(kind).table
+        stream = _stream(kind)
+        t = stream.table
         row = conn.execute(
             sa.select(t.c.received_at, t.c.id)
             .where(
                 t.c.project_id == project_id,
+                stream.where,
                 t.c.join_state != "pending",
                 t.c.received_at <= (before or dt.datetime.max.replace(tzinfo=dt.UTC)),
             )

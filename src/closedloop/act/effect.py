@@ -7,7 +7,8 @@ window whatever is done. The report therefore measures against a control, and sa
 
 ``ab_holdout``
     A prompt candidate is served to a share of users while the rest keep production, at the
-    same time: the effect is candidate minus production over the same window (randomised).
+    same time: the effect is candidate minus production over the same window (randomised),
+    on the interactions the test itself counts (those that arrived while it ran).
 ``diff_in_diff``
     The rule watched one segment of a dimension (a model, a prompt, a topic...): the other
     segments of that dimension, untouched by the action, are the control, and the effect is
@@ -39,10 +40,10 @@ from sqlalchemy.engine import Engine
 from closedloop.act.actions import Trigger
 from closedloop.act.rules import DriftCondition, MetricCondition, RuleSpec
 from closedloop.analyze.drift.base import wilson_interval
-from closedloop.analyze.metrics import metrics
+from closedloop.analyze.metrics import metrics, t_interval
 from closedloop.analyze.tracker import topic_table
 from closedloop.store import models
-from closedloop.store.db import utcnow
+from closedloop.store.db import utc, utcnow
 from closedloop.store.olap import Analytics
 
 __all__ = [
@@ -262,37 +263,82 @@ def _diff(
 
 
 def _ab_arms(
-    engine: Engine,
-    analytics: Analytics,
-    project_id: int,
-    firing_id: int,
-    scope: Scope,
-    now: dt.datetime,
+    engine: Engine, project_id: int, firing_id: int, scope: Scope, now: dt.datetime
 ) -> dict[str, Any] | None:
     t = models.ab_tests
     with engine.connect() as conn:
         test = conn.execute(sa.select(t).where(t.c.firing_id == firing_id)).first()
     if test is None:
         return None
-    started = test.started_at if test.started_at.tzinfo else test.started_at.replace(tzinfo=dt.UTC)
-    until = test.ended_at or now
-    until = until if until.tzinfo else until.replace(tzinfo=dt.UTC)
     # the arms are compared as the A/B test compares them: on evidence, never the bare prior
     measure = scope.measure if scope.measure in ("positive_rate", "rating") else "observed_quality"
-    frame = metrics(
-        analytics, project_id, by="prompt", since=started, until=until, measures=[measure]
-    )
     arms: dict[str, dict[str, Any]] = {}
-    for r in frame.itertuples(index=False):
-        for arm, version in (
-            ("control", test.control_version),
-            ("candidate", test.candidate_version),
-        ):
-            if str(r.segment) == f"{test.prompt}@{version}" and r.value == r.value:
-                low = None if r.low != r.low else float(r.low)
-                high = None if r.high != r.high else float(r.high)
-                arms[arm] = _estimate(float(r.value), low, high, int(r.n))
+    for arm, values in _arm_observations(engine, project_id, test, measure, now).items():
+        if not values:
+            continue
+        n, total = len(values), math.fsum(values)
+        if measure == "positive_rate":
+            low, high = wilson_interval(total, n)
+        else:
+            low, high = t_interval(total, math.fsum(v * v for v in values), n)
+        finite = math.isfinite(low) and math.isfinite(high)
+        arms[arm] = _estimate(total / n, low if finite else None, high if finite else None, n)
     return {"test_id": int(test.id), "state": test.state, "measure": measure, **arms}
+
+
+def _arm_observations(
+    engine: Engine, project_id: int, test: Any, measure: str, now: dt.datetime
+) -> dict[str, list[float]]:
+    """Per arm, one observation of ``measure`` per interaction the A/B test counts: those of
+    its two versions that *arrived* (``received_at``) while it ran, whatever their ``ts``, read
+    from the hot store as :class:`~closedloop.act.ab.ABEvaluator` reads them. ``rating`` and
+    ``positive_rate`` fold each interaction's user feedback as :func:`metrics` does (the mean
+    scaled rating; the latest thumbs)."""
+    i, f = models.interactions, models.feedback
+    arm_of = {str(test.control_version): "control", str(test.candidate_version): "candidate"}
+    ours = sa.and_(
+        i.c.project_id == project_id,
+        i.c.prompt_name == test.prompt,
+        i.c.prompt_version.in_(list(arm_of)),
+        i.c.received_at >= utc(test.started_at),
+        i.c.received_at < utc(test.ended_at or now),
+    )
+    out: dict[str, list[float]] = {"control": [], "candidate": []}
+    with engine.connect() as conn:
+        if measure == "observed_quality":
+            rated = conn.execute(
+                sa.select(i.c.prompt_version, i.c.quality).where(
+                    ours,
+                    i.c.quality.is_not(None),
+                    i.c.quality_basis.in_(("explicit", "implicit")),
+                )
+            )
+            for r in rated:
+                out[arm_of[r.prompt_version]].append(float(r.quality))
+            return out
+        column = f.c.thumbs if measure == "positive_rate" else f.c.rating
+        rows = conn.execute(
+            sa.select(
+                i.c.id, i.c.prompt_version, f.c.thumbs, f.c.rating, f.c.rating_min, f.c.rating_max
+            )
+            .join(f, sa.and_(f.c.project_id == i.c.project_id, f.c.interaction_id == i.c.id))
+            .where(ours, f.c.source == "user", column.is_not(None))
+            .order_by(f.c.ts, f.c.id)
+        ).all()
+    folded: dict[str, tuple[str, list[float]]] = {}
+    for fb in rows:
+        _, values = folded.setdefault(fb.id, (arm_of[fb.prompt_version], []))
+        if measure == "positive_rate":
+            values[:] = [1.0 if fb.thumbs > 0 else 0.0]  # the latest thumbs
+        else:
+            low = 1.0 if fb.rating_min is None else float(fb.rating_min)
+            high = 5.0 if fb.rating_max is None else float(fb.rating_max)
+            if high != low:
+                values.append((float(fb.rating) - low) / (high - low))
+    for arm, values in folded.values():
+        if values:
+            out[arm].append(math.fsum(values) / len(values))
+    return out
 
 
 _CAVEATS = {
@@ -395,7 +441,7 @@ def effect_report(
         before = base["before"]
         after = _json_safe(measure_scope(analytics, engine, project_id, scope, fired, until))
         naive, naive_se = _diff(after["segment"], before["segment"])
-        ab = _ab_arms(engine, analytics, project_id, int(row.id), scope, now)
+        ab = _ab_arms(engine, project_id, int(row.id), scope, now)
         if ab is not None and "control" in ab and "candidate" in ab:
             method = "ab_holdout"
             effect, se = _diff(ab["candidate"], ab["control"])

@@ -216,8 +216,9 @@ class RuleEngine:
         state = dict(rule.state)
         stream = conditions.stream_of(spec.condition)
         if stream is not None and (state.get("started") is None or state.get("kind") != stream):
-            # a new rule (or one whose condition changed stream) acts on what arrives from now
-            # on, unless it asks to backfill
+            # a new rule (or one whose condition changed stream, such as another signal kind:
+            # its cursor only moved past the rows it read) acts on what arrives from now on,
+            # unless it asks to backfill
             start = {} if spec.backfill else self.head(rule.project_id, stream, now)
             state = {**start, "started": now.isoformat(), "kind": stream}
             with self.engine.begin() as conn:
@@ -243,8 +244,9 @@ class RuleEngine:
                 save_rule_state(conn, rule.id, state)
 
     def head(self, project_id: int, kind: str, now: dt.datetime) -> dict[str, Any]:
-        """Where a stream starts for a rule made ``now`` (settled rows only)."""
-        settle = self.event_settle_seconds if kind in ("event", "signal") else 0.0
+        """Where a stream (``drift``, ``event`` or ``signal:KIND``) starts for a rule made
+        ``now`` (settled rows only)."""
+        settle = 0.0 if kind == "drift" else self.event_settle_seconds
         return conditions.stream_head(
             self.engine, project_id, kind, before=now - dt.timedelta(seconds=settle)
         )

@@ -60,6 +60,7 @@ __all__ = [
     "Measure",
     "metrics",
     "segment_sql",
+    "t_interval",
     "wide",
 ]
 
@@ -181,7 +182,7 @@ FROM rows GROUP BY segment, bucket ORDER BY bucket NULLS FIRST, n DESC, segment
 """
 
 
-def _t_interval(total: float, total_sq: float, n: int) -> tuple[float, float]:
+def t_interval(total: float, total_sq: float, n: int) -> tuple[float, float]:
     """Student's t interval of a mean from its sums (unbounded below two observations)."""
     if n < 2:
         return -math.inf, math.inf
@@ -206,7 +207,7 @@ def _long(sums: pd.DataFrame, measures: Sequence[Measure]) -> pd.DataFrame:
                 n = int(row[m.denominator] or 0)
                 total, total_sq = float(row[m.numerator] or 0), float(row[m.numerator + "_sq"] or 0)
                 value = total / n if n else math.nan
-                low, high = _t_interval(total, total_sq, n) if n else (math.nan, math.nan)
+                low, high = t_interval(total, total_sq, n) if n else (math.nan, math.nan)
             out.append(
                 {
                     "segment": row["segment"],

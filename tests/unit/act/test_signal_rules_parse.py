@@ -20,7 +20,7 @@ def test_a_signal_rule_parses_and_reads_the_signal_stream_with_no_cooldown() -> 
     cond = spec.condition
     assert isinstance(cond, EventCondition)
     assert (cond.event.signal, cond.event.prompt) == ("edit", "support")
-    assert stream_of(cond) == "signal" and cooldown_of(spec) == 0
+    assert stream_of(cond) == "signal:edit" and cooldown_of(spec) == 0
     (feedback,) = parse_rules(_rule("{thumbs: down}"))
     assert stream_of(feedback.condition) == "event"
     assert spec.to_json()["when"]["event"]["signal"] == "edit"
