@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-OPTIONS = ("days", "requests-per-day", "seed", "arms", "out")
+OPTIONS = ("days", "requests-per-day", "seed", "arms", "out", "embedder")
 """The options a :class:`ConfigError` of the run may name."""
 
 
@@ -41,6 +41,21 @@ def simulate(
     out: Annotated[
         Path, typer.Option(help="Folder for report.md, the plots and results.json.")
     ] = Path("simulation"),
+    embedder: Annotated[
+        str,
+        typer.Option(
+            help="Embedder of the assistants and the pipeline: lexical (the default: the same "
+            "figures on every machine), model or auto (the packaged sentence model)."
+        ),
+    ] = "lexical",
+    sensitivity: Annotated[
+        bool,
+        typer.Option(
+            "--sensitivity",
+            help="Also rerun the arms over drift x feedback factors (0.5-1.5 x 0.5-2): "
+            "15 more runs; try it with --quick.",
+        ),
+    ] = False,
 ) -> None:
     """Run the comparison over the same simulated world and write the report and plots."""
     from closedloop.simulate.run import parse_arms, simulate, world_params
@@ -48,7 +63,15 @@ def simulate(
     try:
         chosen = parse_arms(arms)
         params = world_params(quick=quick, days=days, requests_per_day=requests_per_day, seed=seed)
-        report = simulate(params, arms=chosen, out=out, quick=quick, console=console)
+        report = simulate(
+            params,
+            arms=chosen,
+            out=out,
+            quick=quick,
+            console=console,
+            sensitivity=sensitivity,
+            embedder_choice=embedder,
+        )
     except ConfigError as exc:
         raise _fail(f"--{exc.field}: {exc}" if exc.field in OPTIONS else exc) from exc
     table = Table(

@@ -1,5 +1,6 @@
-"""The closed-loop arm through the real pipeline, embedded: it learns from corrections, it
-recovers from an incident better than the static arm, and it never reads the ground truth."""
+"""The closed-loop arm through the real pipeline, embedded: it learns from corrections and
+edits, it recovers from an incident better than the static arm, and it never reads the ground
+truth."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class SpyWorld(World):
         return super().is_correct(request, predicted, kb)
 
 
-def test_the_closed_loop_learns_from_corrections_and_beats_the_static_arm(
+def test_the_closed_loop_learns_from_feedback_and_beats_the_static_arm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SQLite only: the arm is the same code on PostgreSQL (recall_many runs on both below),
@@ -101,27 +102,26 @@ def test_the_closed_loop_learns_from_corrections_and_beats_the_static_arm(
     # what the app sends carries no intent and no judgement
     interactions = [e["body"] for e in sent if e["type"] == "interaction"]
     assert len(interactions) == served
-    assert {k for b in interactions for k in b} == {
-        "input",
-        "output",
-        "model",
-        "prompt",
-        "user_id",
-        "session_id",
-    }
+    assert {k for b in interactions for k in b} == {"input", "output", "model", "prompt", "user_id"}
     assert {k for e in sent if e["type"] == "feedback" for k in e["body"]} <= {
         "interaction_id",
         "user_id",
-        "session_id",
         "thumbs",
         "correction",
     }
-    # the rules fired real actions: corrections became knowledge-base entries the app applied
+    signals = [e["body"] for e in sent if e["type"] == "signal"]
+    assert {s["kind"] for s in signals} == {"edit", "rephrase", "abandon"}
+    # the rules fired real actions: corrections and edits became knowledge-base entries the
+    # app applied, and corrections became a prompt candidate under an A/B test
     assert stats.firings > 0 and stats.kb_entries > 0
-    assert stats.learned_examples + stats.refreshed_answers > 0
+    assert stats.refreshed_answers > 0 and stats.recalled_answers > 0
+    assert stats.prompt_tests >= 1
+    assert {i["prompt"]["version"] for i in interactions} >= {"1", "2"}
+    assert stats.learned_examples == 0  # examples reach the prompt only through candidates
     (incident,) = closed.incidents
-    assert incident.detected is not None and incident.detected >= incident.onset
-    assert incident.fixed is not None
+    # detected the day it began (an edit on a broken answer fired kb_refresh), fixed the next
+    assert incident.detected == incident.onset
+    assert incident.fixed is not None and incident.fixed <= incident.onset + 1
 
     static = run_static(world, vectors, users=USERS)
     onset = incident.onset

@@ -6,7 +6,10 @@ the assistant they use, and the baseline arms it is compared with.
 * :mod:`~closedloop.simulate.assistant`: nearest-neighbour intents and a knowledge base;
 * :mod:`~closedloop.simulate.baselines`: the static and human-in-the-loop arms, and the
   sensitivity sweep;
-* :mod:`~closedloop.simulate.measure`: accuracy per month, decay, retention, incident times.
+* :mod:`~closedloop.simulate.measure`: accuracy per month, decay, retention, incident times;
+* :mod:`~closedloop.simulate.loop`: the closed-loop arm, through the real pipeline;
+* :mod:`~closedloop.simulate.run` and :mod:`~closedloop.simulate.report`: :func:`simulate`
+  runs the arms and writes the report and plots.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from closedloop.simulate.baselines import (
     sweep,
 )
 from closedloop.simulate.measure import ArmMeasures, IncidentTimes, measure, table_rows
+from closedloop.simulate.run import SimulationReport, simulate
 from closedloop.simulate.users import Reaction, Retention, UserParams, react
 from closedloop.simulate.world import OOS, Incident, KBEntry, Request, World, WorldParams
 
@@ -45,6 +49,7 @@ __all__ = [
     "Reaction",
     "Request",
     "Retention",
+    "SimulationReport",
     "SweepArm",
     "SweepCell",
     "TextVectors",
@@ -57,6 +62,7 @@ __all__ = [
     "run_arm",
     "run_hitl",
     "run_static",
+    "simulate",
     "sweep",
     "table_rows",
 ]

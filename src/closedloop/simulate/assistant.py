@@ -37,10 +37,18 @@ __all__ = ["Assistant", "TextVectors"]
 
 
 class TextVectors:
-    """An in-memory embedding cache keyed by text: each distinct text is embedded once."""
+    """An in-memory embedding cache keyed by text: each distinct text is embedded once.
+
+    It is an :class:`~closedloop.embed.base.Embedder` too (the wrapped one's ``name``,
+    ``kind`` and ``dim``), so the closed-loop arm's pipeline embeds through the same cache as
+    the assistants: a text the app saw is never embedded a second time by the store.
+    """
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
+        self.name = embedder.name
+        self.kind = embedder.kind
+        self.dim = embedder.dim
         self._rows: dict[str, int] = {}
         self._matrix: FloatArray = np.zeros((1024, embedder.dim), dtype=np.float32)
         self.embedded = 0
@@ -62,6 +70,10 @@ class TextVectors:
         index = np.fromiter((self._rows[t] for t in texts), dtype=np.int64, count=len(texts))
         out: FloatArray = self._matrix[index]
         return out
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        """The :class:`~closedloop.embed.base.Embedder` interface: :meth:`vectors` (a copy)."""
+        return self.vectors(texts)
 
 
 class Assistant:

@@ -34,6 +34,7 @@ from closedloop.simulate.world import KBEntry, Request, World, WorldParams
 __all__ = [
     "ArmFactory",
     "ArmResult",
+    "ArmRunner",
     "DayHook",
     "DayRecord",
     "HITLParams",
@@ -47,6 +48,7 @@ __all__ = [
     "run_hitl",
     "run_static",
     "sweep",
+    "sweep_runs",
 ]
 
 
@@ -263,13 +265,31 @@ ArmFactory = Callable[[World, UserParams], DayHook | None]
 """Makes an arm's day hook for a world and its users (``None``: the static arm)."""
 
 
+ArmRunner = Callable[[World, TextVectors, UserParams], ArmResult]
+"""Runs a whole arm over a world with given users (an arm that is not a day hook)."""
+
+
 @dataclass(frozen=True)
 class SweepArm:
-    """One arm of a sweep: how to make its hook, and whether its accuracy depends on the
-    users' feedback (an arm that never reads feedback is run once per drift factor)."""
+    """One arm of a sweep: how to make its day hook (or, for an arm that is not one, how to
+    run it), and whether its accuracy depends on the users' feedback (an arm that never reads
+    feedback is run once per drift factor)."""
 
-    hook: ArmFactory
+    hook: ArmFactory | None = None
     uses_feedback: bool = True
+    runner: ArmRunner | None = None
+
+    def __post_init__(self) -> None:
+        """Exactly one of ``hook`` and ``runner``."""
+        if (self.hook is None) == (self.runner is None):
+            raise ConfigError("a sweep arm needs exactly one of hook and runner")
+
+    def run(self, name: str, world: World, vectors: TextVectors, users: UserParams) -> ArmResult:
+        """This arm's result over ``world`` with ``users``."""
+        if self.runner is not None:
+            return self.runner(world, vectors, users)
+        assert self.hook is not None
+        return run_arm(name, world, vectors, self.hook(world, users), users=users)
 
 
 @dataclass(frozen=True)
@@ -296,6 +316,18 @@ def baseline_arms() -> dict[str, SweepArm]:
     }
 
 
+def sweep_runs(
+    arms: Mapping[str, SweepArm], drift: Sequence[float], feedback: Sequence[float]
+) -> int:
+    """How many arm runs :func:`sweep` makes over that grid.
+
+    >>> sweep_runs(baseline_arms(), (0.5, 1.0), (0.5, 1.0, 2.0))
+    4
+    """
+    blind = sum(1 for a in arms.values() if not a.uses_feedback)
+    return len(drift) * (blind + (len(arms) - blind) * len(feedback))
+
+
 def sweep(
     vectors: TextVectors,
     world: WorldParams | None = None,
@@ -311,7 +343,8 @@ def sweep(
     (:meth:`UserParams.with_feedback`), one cell per pair, drift-major.
 
     ``arms`` defaults to :func:`baseline_arms`; the closed-loop arm joins with its own
-    :class:`SweepArm`. ``on_run(arm, drift, feedback)`` is called after each arm run.
+    :class:`SweepArm` (:func:`closedloop.simulate.loop.loop_arm`). ``on_run(arm, drift,
+    feedback)`` is called after each arm run (:func:`sweep_runs` of them in all).
     """
     from closedloop.simulate.measure import measure  # measure imports this module
 
@@ -330,8 +363,7 @@ def sweep(
                 if not arm.uses_feedback and name in blind:
                     decay[name], retention[name] = blind[name]
                     continue
-                hook = arm.hook(the_world, the_users)
-                m = measure(run_arm(name, the_world, vectors, hook, users=the_users))
+                m = measure(arm.run(name, the_world, vectors, the_users))
                 decay[name], retention[name] = m.decay_pct, m.final_retention
                 if not arm.uses_feedback:
                     blind[name] = (m.decay_pct, m.final_retention)

@@ -55,31 +55,39 @@ from closedloop.runtime import Runtime
 from closedloop.sdk.envelope import make_event, new_id
 from closedloop.settings import Settings
 from closedloop.simulate.assistant import Assistant, TextVectors
-from closedloop.simulate.baselines import ArmResult, DayRecord, IncidentRecord
+from closedloop.simulate.baselines import ArmResult, DayRecord, IncidentRecord, SweepArm
+from closedloop.simulate.prompting import CANDIDATE_RULES, PROMPT, PromptChannel
 from closedloop.simulate.users import Reaction, Retention, UserParams, react
 from closedloop.simulate.world import KBEntry, Request, World
 from closedloop.store import models
 from closedloop.types import ProjectKey
 
-__all__ = ["LOOP_RULES", "LoopParams", "LoopStats", "run_closed_loop"]
-
-PROMPT = "assistant"
+__all__ = ["LOOP_RULES", "LoopParams", "LoopStats", "loop_arm", "run_closed_loop"]
 
 LOOP_RULES = """
 rules:
   - name: corrections-to-kb
     when:
       event: {thumbs: down, correction: true}
+    backfill: true
     actions:
       - kb_refresh: {}
+  - name: edits-to-kb
+    when:
+      event: {signal: edit}
+    backfill: true
+    actions:
+      - kb_refresh: {from_edits: true}
   - name: drift-review
     when:
       drift: any
+    cooldown: 0
     actions:
       - review: {priority: 3}
 """
-"""The loop's rules: every corrected thumbs-down refreshes the knowledge base; every drift
-alarm (quality, input, topic mix, emerging topics) queues review tasks."""
+"""The loop's rules: every corrected thumbs-down and every edit of an answer refreshes the
+knowledge base (``backfill``: from the first day's on); every drift alarm (quality, input,
+topic mix, emerging topics) queues review tasks."""
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,16 @@ class LoopParams:
     fix_share
         An incident counts as fixed on a day when at most ``1 - fix_share`` of its intents'
         requests were served the answer it made wrong (0.95).
-    broken_rate, broken_min, broken_days
-        An intent's answer counts as broken when at least ``broken_rate`` of its (at least
-        ``broken_min``) answers of the last ``broken_days`` days met a negative reaction
-        (0.45, 3 and 3: a wrong answer draws one ~60 % of the time, a right one ~5 %).
+    broken_rate, broken_min, broken_jump, usual_days
+        An intent's answer counts as broken tonight when at least ``broken_rate`` of its (at
+        least ``broken_min``) answers today met a negative reaction, and that share is at
+        least ``broken_jump`` above its share over the ``usual_days`` days before (0.45, 3,
+        0.25 and 7: a wrong answer draws a reaction ~60 % of the time, a right one ~5 %; an
+        intent that often takes in other intents' requests has a high share every day, and
+        its answer is not what is broken).
+    prompt_ab
+        Learned examples reach the prompt only through candidates A/B tested by the
+        pipeline (``True``), or the app adds them to its prompt at once (``False``).
     analyze_every_days
         Days between analysis runs (1; the analysis (topics, issues, quality drift) is the
         slowest stage: a longer period trades alarm latency for speed).
@@ -112,16 +126,18 @@ class LoopParams:
     fix_share: float = 0.95
     broken_rate: float = 0.45
     broken_min: int = 3
-    broken_days: int = 3
+    broken_jump: float = 0.25
+    usual_days: int = 7
     analyze_every_days: int = 1
+    prompt_ab: bool = True
     database_url: str | None = None
 
     def __post_init__(self) -> None:
         """Reject a similarity or share outside [0, 1]."""
         if not (0.0 <= self.min_score <= 1.0 and 0.0 <= self.fix_share <= 1.0):
             raise ConfigError("min_score and fix_share must lie within 0-1")
-        if self.analyze_every_days < 1 or self.broken_days < 1:
-            raise ConfigError("analyze_every_days and broken_days must be at least 1")
+        if self.analyze_every_days < 1 or self.usual_days < 1:
+            raise ConfigError("analyze_every_days and usual_days must be at least 1")
 
 
 @dataclass
@@ -137,14 +153,19 @@ class LoopStats:
     learned_examples: int = 0
     refreshed_answers: int = 0
     new_answers: int = 0
+    prompt_tests: int = 0
+    prompts_promoted: int = 0
+    prompts_rolled_back: int = 0
+    prompt_examples: int = 0
+    """Learned examples in production's prompt at the end."""
 
 
 def _reaction_events(
-    iid: str, reaction: Reaction, right_answer: str, user: str, session: str, ts: dt.datetime
+    iid: str, reaction: Reaction, right_answer: str, user: str, ts: dt.datetime
 ) -> list[dict[str, Any]]:
     """The user's feedback and signal on interaction ``iid``, as the app would send them."""
     out: list[dict[str, Any]] = []
-    common = {"interaction_id": iid, "user_id": user, "session_id": session}
+    common = {"interaction_id": iid, "user_id": user}
     later = ts + dt.timedelta(seconds=20)
     if reaction.explicit:
         body: dict[str, Any] = dict(common)
@@ -153,12 +174,12 @@ def _reaction_events(
         if reaction.correction is not None:
             body["correction"] = reaction.correction
             body.setdefault("thumbs", -1)  # the correction form sits behind the thumbs-down
-        out.append(make_event("feedback", body, id=new_id(), timestamp=later))
+        out.append(make_event("feedback", body, id=f"{iid}-f", timestamp=later))
     if reaction.signal is not None:
         body = {**common, "kind": reaction.signal}
         if reaction.signal == "edit":
             body["text"] = right_answer  # the text the user kept
-        out.append(make_event("signal", body, id=new_id(), timestamp=later))
+        out.append(make_event("signal", body, id=f"{iid}-s", timestamp=later))
     return out
 
 
@@ -172,11 +193,14 @@ class _Pipeline:
             run_worker=False,
             embed_in_worker=False,
             act_event_settle_seconds=0.0,
+            # a throwaway store: a commit need not survive power loss (no fsync per commit)
+            sqlite_synchronous="NORMAL",
         )
         self.runtime = Runtime.build(settings, load_plugins=False)
         self.runtime.start()
         rt = self.runtime
-        rt._embedder = EmbeddingCache(vectors.embedder, engine=rt.engine)
+        # the run's shared cache (each distinct text embedded once), passed through
+        rt._embedder = EmbeddingCache(vectors, max_entries=0)
         name = f"simulate-{new_id()[:8].lower()}"
         project, _public, _secret = rt.projects.create(name)
         self.project_id = project.id
@@ -190,8 +214,11 @@ class _Pipeline:
             kind="secret",
             key_id=keys[0].id if keys else 0,
         )
-        for spec in parse_rules(LOOP_RULES, kinds=rt.action_kinds()):
-            put_rule(rt.engine, project.id, spec, source="simulate")
+        for text in (LOOP_RULES, CANDIDATE_RULES) if params.prompt_ab else (LOOP_RULES,):
+            for spec in parse_rules(text, kinds=rt.action_kinds()):
+                put_rule(rt.engine, project.id, spec, source="simulate")
+        self.prompts = PromptChannel(rt.engine, project.id, rt.settings)
+        self.prompts.setup()
         self.events = 0
         self._firings_seen = 0
         self._entries_seen = 0
@@ -272,13 +299,18 @@ class _Pipeline:
                     ).scalar_one()
                 )
 
-            return LoopStats(
+            found = LoopStats(
                 events=self.events,
                 firings=count(models.firings),
                 kb_entries=count(models.kb_entries),
                 drift_alarms=count(models.drift_alarms),
                 review_tasks=count(models.review_tasks),
             )
+        tests = self.prompts.stats()
+        found.prompt_tests, found.prompts_promoted = tests.tests, tests.promoted
+        found.prompts_rolled_back = tests.rolled_back
+        found.prompt_examples = tests.production_examples
+        return found
 
     def close(self) -> None:
         """Drain the write queue and close the store."""
@@ -306,11 +338,38 @@ def _negative(reaction: Reaction) -> bool:
     return reaction.thumbs == -1 or reaction.correction is not None or reaction.signal is not None
 
 
+def _broken(history: list[dict[str, tuple[int, int]]], params: LoopParams) -> set[str]:
+    """The intents whose answer looks broken tonight, from the app's own logs: ``history``
+    holds per day, per served intent, ``(answers, answers with a negative reaction)``."""
+    usual: dict[str, tuple[int, int]] = {}
+    for past in history[-params.usual_days - 1 : -1]:
+        for name, (n, bad) in past.items():
+            was = usual.get(name, (0, 0))
+            usual[name] = (was[0] + n, was[1] + bad)
+    out: set[str] = set()
+    for name, (n, bad) in (history[-1] if history else {}).items():
+        if n < params.broken_min or bad < params.broken_rate * n:
+            continue
+        before_n, before_bad = usual.get(name, (0, 0))
+        before = before_bad / before_n if before_n >= params.broken_min else 0.0
+        if bad / n - before >= params.broken_jump:
+            out.add(name)
+    return out
+
+
+def _owners(assistant: Assistant, held: dict[str, str]) -> dict[str, str]:
+    """The intent each answer names: its current one, or the one that once had it (``held``
+    records every answer an intent ever had, in place)."""
+    for intent, entry in assistant.kb.items():
+        held.setdefault(entry.answer, intent)
+    return {**held, **{entry.answer: intent for intent, entry in assistant.kb.items()}}
+
+
 def _learn(
     assistant: Assistant,
     entries: list[tuple[str, str, str]],
     served_as: dict[str, str],
-    reactions: dict[str, tuple[int, int]],
+    broken: set[str],
     held: dict[str, str],
     day: int,
     params: LoopParams,
@@ -327,20 +386,21 @@ def _learn(
       knowledge-base refresh), and otherwise becomes a new entry with the query as its first
       example (a new use of the product).
     """
-    for intent, entry in assistant.kb.items():
-        held.setdefault(entry.answer, intent)
-    own = {**held, **{entry.answer: intent for intent, entry in assistant.kb.items()}}
+    own = _owners(assistant, held)
     examples: list[tuple[str, str]] = []
     for iid, query, answer in entries:
         predicted = served_as.get(iid, "")
         known = own.get(answer)
-        served, negative = reactions.get(predicted, (0, 0))
-        broken = served >= params.broken_min and negative >= params.broken_rate * served
-        if known is not None and not (broken and known.startswith(_NEW)):
+        is_broken = predicted in broken
+        if known is not None and not (is_broken and known.startswith(_NEW)):
             if known != predicted:
                 examples.append((query, known))
+            elif is_broken and assistant.answer(predicted) != answer:
+                # users keep writing an answer this intent once had: restore it
+                assistant.set_answer(predicted, KBEntry(answer, day))
+                stats.refreshed_answers += 1
             continue
-        if predicted and not predicted.startswith(_NEW) and broken:
+        if predicted and not predicted.startswith(_NEW) and is_broken:
             assistant.set_answer(predicted, KBEntry(answer, day))
             stats.refreshed_answers += 1
         elif known is None:
@@ -348,10 +408,8 @@ def _learn(
             assistant.set_answer(label, KBEntry(answer, day))
             examples.append((query, label))
             stats.new_answers += 1
-        for intent, entry in assistant.kb.items():
-            held.setdefault(entry.answer, intent)
-        own = {**held, **{entry.answer: intent for intent, entry in assistant.kb.items()}}
-    if examples:
+        own = _owners(assistant, held)
+    if examples and not params.prompt_ab:
         assistant.add_examples(examples)
         stats.learned_examples += len(examples)
 
@@ -384,7 +442,6 @@ def run_closed_loop(
     result = ArmResult(arm="closed-loop", model_version=assistant.model_version)
     result.incidents = [IncidentRecord(i.name, i.onset, i.intents) for i in world.incidents]
     model = {"name": "knn-assistant", "version": assistant.model_version}
-    prompt = {"name": PROMPT, "version": "1"}
     learning = LoopStats()
     served_as: dict[str, str] = {}
     history: list[dict[str, tuple[int, int]]] = []
@@ -398,7 +455,12 @@ def run_closed_loop(
                 requests = [r for r in world.requests(day) if retention.active(r.user)]
                 texts = [r.text for r in requests]
                 recalled = pipeline.recall(texts, lparams) if texts else []
-                predicted = assistant.predict(texts)
+                owners = _owners(assistant, held)
+                if lparams.prompt_ab:
+                    arms = pipeline.prompts.arms(assistant, owners.get)
+                    predicted, versions = arms.predict(texts, [f"user-{r.user}" for r in requests])
+                else:
+                    predicted, versions = assistant.predict(texts), ["1"] * len(texts)
                 react_rng = np.random.default_rng([seed, day, 1])
                 churn_rng = np.random.default_rng([seed, day, 2])
                 events: list[dict[str, Any]] = []
@@ -411,11 +473,15 @@ def run_closed_loop(
                     if not retention.active(request.user):
                         continue
                     answer = recalled[j]
-                    label = "" if answer is not None else predicted[j]
                     if answer is None:
-                        answer = assistant.answer(predicted[j])
+                        label = predicted[j]
                     else:
+                        # a recalled answer that an intent has (or had) says the request
+                        # means that intent: serve its current answer (a refresh wins)
                         learning.recalled_answers += 1
+                        label = owners.get(answer, "")
+                    if label:
+                        answer = assistant.answer(label)
                     # measurement only: the world's right answer judges what was served
                     truth = world.true_answer(request.intent, day)
                     ok = answer == truth
@@ -430,8 +496,10 @@ def run_closed_loop(
                             per_incident[inc.name][1] += answer == outdated
                     # what the app sends: no intent, no judgement
                     ts = start + dt.timedelta(seconds=j * step)
-                    iid = new_id()
-                    user, session = f"user-{request.user}", f"user-{request.user}-day-{day}"
+                    # ids follow the run (day, position), not the clock or a random source:
+                    # the analysis orders and samples by id, so two runs stay identical
+                    iid = f"d{day:03d}-{j:05d}"
+                    user = f"user-{request.user}"
                     served_request[iid] = request
                     served_as[iid] = label
                     n, bad = reactions.get(label, (0, 0))
@@ -443,27 +511,24 @@ def run_closed_loop(
                                 "input": request.text,
                                 "output": answer,
                                 "model": model,
-                                "prompt": prompt,
+                                "prompt": {"name": PROMPT, "version": versions[j]},
                                 "user_id": user,
-                                "session_id": session,
                             },
                             id=iid,
                             timestamp=ts,
                         )
                     )
-                    events += _reaction_events(iid, reaction, truth, user, session, ts)
+                    events += _reaction_events(iid, reaction, truth, user, ts)
                 pipeline.ingest(events)
                 pipeline.run_jobs(
                     start + dt.timedelta(days=1),
                     analyze=(day + 1) % lparams.analyze_every_days == 0,
                 )
+                if lparams.prompt_ab:
+                    pipeline.prompts.evaluate()
                 entries = pipeline.new_entries()
-                recent: dict[str, tuple[int, int]] = {}
-                for past in history[-lparams.broken_days :]:
-                    for name, (n, bad) in past.items():
-                        was = recent.get(name, (0, 0))
-                        recent[name] = (was[0] + n, was[1] + bad)
-                _learn(assistant, entries, served_as, recent, held, day + 1, lparams, learning)
+                broken = _broken(history, lparams)
+                _learn(assistant, entries, served_as, broken, held, day + 1, lparams, learning)
                 # measurement: which incidents the pipeline's actions touched today
                 for trigger in pipeline.new_firings():
                     for iid in _trigger_ids(trigger):
@@ -493,3 +558,13 @@ def run_closed_loop(
         finally:
             pipeline.close()
     return result
+
+
+def loop_arm(params: LoopParams | None = None) -> SweepArm:
+    """The closed-loop arm for :func:`closedloop.simulate.baselines.sweep` (it reads the users'
+    feedback, so it runs in every cell of the grid)."""
+
+    def runner(world: World, vectors: TextVectors, users: UserParams) -> ArmResult:
+        return run_closed_loop(world, vectors, users=users, params=params)
+
+    return SweepArm(runner=runner)

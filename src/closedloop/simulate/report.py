@@ -244,10 +244,72 @@ The published comparison (DESIGN.md), for features with more than a million infe
 
 {chr(10).join(goals)}{caveat}
 
+## What the closed loop's pipeline did
+
+{_pipeline(report)}
+
+## Sensitivity
+
+{_sensitivity(report)}
+
 ## Parameters
 
 {_params_table(report)}
 """
+
+
+PIPELINE = {
+    "events": "events ingested (interactions, feedback, signals)",
+    "firings": "rule firings",
+    "kb_entries": "knowledge-base entries written (from corrections and edits)",
+    "recalled_answers": "answers served from the knowledge base",
+    "refreshed_answers": "answers the app refreshed from entries",
+    "new_answers": "new answers (uses the launch did not know)",
+    "drift_alarms": "drift alarms",
+    "review_tasks": "review tasks queued",
+    "prompt_tests": "prompt candidates A/B tested",
+    "prompts_promoted": "candidates promoted",
+    "prompts_rolled_back": "candidates rolled back",
+    "prompt_examples": "learned examples in production's prompt at the end",
+    "learned_examples": "examples the app added to its prompt itself (without A/B tests)",
+}
+"""The pipeline's counts shown in the report, with their meaning."""
+
+
+def _pipeline(report: SimulationReport) -> str:
+    if not report.pipeline:
+        return "The closed-loop arm did not run."
+    lines = ["| what | count |", "|---|---|"]
+    lines += [
+        f"| {label} | {report.pipeline[k]:,} |"
+        for k, label in PIPELINE.items()
+        if k in report.pipeline
+    ]
+    return "\n".join(lines)
+
+
+def _sensitivity(report: SimulationReport) -> str:
+    """The sweep's table: decay and retention per arm in each cell, or how to get one."""
+    if not report.sensitivity:
+        return (
+            "Not run: `closedloop simulate --sensitivity` reruns every arm over a grid of drift "
+            "strengths and explicit feedback rates and reports it here."
+        )
+    arms = list(report.sensitivity[0].decay_pct)
+    head = "| drift | feedback | " + " | ".join(arms) + " |"
+    lines = [head, "|---|---|" + "---|" * len(arms)]
+    for cell in report.sensitivity:
+        values = " | ".join(
+            f"{cell.decay_pct[a]:+.1f} % / {cell.retention[a] * 100:.0f} %" for a in arms
+        )
+        lines.append(f"| {cell.drift:g}x | {cell.feedback:g}x | {values} |")
+    return (
+        "Each cell reruns the arms on this run's world with the drift (new intents, "
+        "out-of-scope share, phrasing shift, edits) scaled by the first factor and the users' "
+        "explicit feedback rates (thumbs, corrections) by the second: accuracy decay / "
+        "retention. Arms that never read feedback give the same figures across a row's "
+        "feedback factors.\n\n" + "\n".join(lines)
+    )
 
 
 def _months(report: SimulationReport) -> int:
@@ -293,6 +355,8 @@ def _json(report: SimulationReport, found: list[Target]) -> dict[str, Any]:
         "arms": arms,
         "skipped": report.skipped,
         "targets": [{"name": t.name, "verdict": t.verdict, "observed": t.observed} for t in found],
+        "sensitivity": [asdict(c) for c in report.sensitivity],
+        "pipeline": report.pipeline,
     }
 
 

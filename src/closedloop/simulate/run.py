@@ -29,7 +29,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TimeE
 from closedloop.embed.base import Embedder, load_embedder
 from closedloop.errors import ConfigError
 from closedloop.simulate.assistant import TextVectors
-from closedloop.simulate.baselines import ArmResult, HITLParams, run_hitl, run_static
+from closedloop.simulate.baselines import (
+    ArmResult,
+    HITLParams,
+    SweepArm,
+    SweepCell,
+    baseline_arms,
+    run_hitl,
+    run_static,
+    sweep,
+    sweep_runs,
+)
 from closedloop.simulate.measure import ArmMeasures, measure
 from closedloop.simulate.users import UserParams
 from closedloop.simulate.world import World, WorldParams
@@ -38,6 +48,11 @@ __all__ = ["ARMS", "SimulationReport", "parse_arms", "simulate", "world_params"]
 
 ARMS: tuple[str, ...] = ("static", "hitl", "closed_loop")
 """The arms, in the order of the table: static, human-in-the-loop, closed loop."""
+
+SWEEP_DRIFT: tuple[float, ...] = (0.5, 1.0, 1.5)
+"""Drift factors of the sensitivity sweep (:meth:`WorldParams.with_drift`)."""
+SWEEP_FEEDBACK: tuple[float, ...] = (0.5, 1.0, 2.0)
+"""Explicit feedback factors of the sensitivity sweep (:meth:`UserParams.with_feedback`)."""
 
 REQUESTS_PER_USER_DAY = WorldParams().requests_per_day / WorldParams().users
 """Requests per user a day of the default world (0.4), kept when the traffic is changed."""
@@ -60,6 +75,12 @@ class SimulationReport:
     quick: bool = False
     files: dict[str, Path] = field(default_factory=dict)
     """The files written, by kind (``report``, ``accuracy``, ``retention``, ``results``)."""
+    sensitivity: list[SweepCell] = field(default_factory=list)
+    """The sensitivity sweep's cells (empty unless asked for), arms named by their label."""
+    sensitivity_grid: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+    """The sweep's drift and feedback factors."""
+    pipeline: dict[str, int] = field(default_factory=dict)
+    """What the closed loop's pipeline did (:class:`~closedloop.simulate.loop.LoopStats`)."""
 
 
 def parse_arms(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -113,12 +134,20 @@ def world_params(
     return replace(params, incident_days=kept) if kept != params.incident_days else params
 
 
-def _embedder() -> Embedder:
-    """The embedder the product would use (``CLOSEDLOOP_EMBEDDER``, ``CLOSEDLOOP_EMBED_MODEL``)."""
+EMBEDDER = "lexical"
+"""The simulation's default embedder: the lexical one, so that the published figures are the
+same on every machine (a sentence model's vectors vary with its build and the hardware) and
+the default run fits its budget (embedding the ~68,000 distinct texts of six months with the
+packaged sentence model takes about six minutes on two cores). ``embedder="auto"`` or
+``"model"`` runs the world on the sentence model."""
+
+
+def _embedder(choice: str) -> Embedder:
+    """The embedder of the run: ``choice`` as the product reads ``CLOSEDLOOP_EMBEDDER``
+    (``lexical``, ``model``, ``auto`` or a plugin's name), with ``CLOSEDLOOP_EMBED_MODEL``."""
     from closedloop.settings import Settings
 
-    settings = Settings()
-    return load_embedder(settings.embedder, settings.embed_model)
+    return load_embedder(choice, Settings().embed_model)
 
 
 ArmFunction = Callable[..., ArmResult]
@@ -144,6 +173,29 @@ def _call(fn: ArmFunction, world: World, vectors: TextVectors, **options: Any) -
     return fn(world, vectors, **options)
 
 
+def _sweep_arms(keys: Sequence[str], hitl: HITLParams) -> dict[str, SweepArm]:
+    """The sweep's arms among ``keys``, named by their label in the report."""
+    from closedloop.simulate.baselines import hitl_hook
+    from closedloop.simulate.report import LABELS
+
+    arms: dict[str, SweepArm] = {}
+    if "static" in keys:
+        arms[LABELS["static"]] = baseline_arms()["static"]
+    if "hitl" in keys:
+        arms[LABELS["hitl"]] = SweepArm(lambda w, u: hitl_hook(w, hitl), uses_feedback=False)
+    if "closed_loop" in keys:
+        from closedloop.simulate.loop import loop_arm
+
+        arms[LABELS["closed_loop"]] = loop_arm()
+    return arms
+
+
+def _took_stats(report: SimulationReport, key: str, options: dict[str, Any]) -> None:
+    """Keep what the closed loop's pipeline did, once its arm has run."""
+    if key == "closed_loop" and "stats_out" in options:
+        report.pipeline = {k: int(v) for k, v in vars(options["stats_out"]).items()}
+
+
 def _advancer(bar: Progress, task: TaskID) -> Callable[[int], None]:
     """An ``on_day`` callback that advances ``task`` by one day."""
 
@@ -164,13 +216,21 @@ def simulate(
     users: UserParams | None = None,
     hitl: HITLParams | None = None,
     console: Console | None = None,
+    sensitivity: bool = False,
+    embedder_choice: str = EMBEDDER,
+    drift: Sequence[float] = SWEEP_DRIFT,
+    feedback: Sequence[float] = SWEEP_FEEDBACK,
 ) -> SimulationReport:
     """Run ``arms`` over the world of ``params`` (default: the six-month world, or the quick
     one with ``quick``) and write the report, the plots and the figures into ``out``.
 
     ``seed`` replaces the world's seed. The reviewers label the default 0.5 % of the traffic
-    unless ``hitl`` says otherwise. An arm that is not built yet is skipped and reported;
-    asking only for arms that cannot run raises :class:`~closedloop.errors.ConfigError`.
+    unless ``hitl`` says otherwise. With ``sensitivity``, the arms are also rerun over the
+    grid of ``drift`` x ``feedback`` factors (:func:`~closedloop.simulate.baselines.sweep`)
+    and the report gets a sensitivity section. ``embedder_choice`` names the embedder of the
+    assistants and of the pipeline (:data:`EMBEDDER` by default). An arm that is not built
+    yet is skipped and reported; asking only for arms that cannot run raises
+    :class:`~closedloop.errors.ConfigError`.
     """
     if importlib.util.find_spec("matplotlib") is None:
         raise ConfigError("the plots need matplotlib: pip install 'closedloop[simulate]'")
@@ -209,26 +269,54 @@ def simulate(
 
     started = time.perf_counter()
     world = World(world_p)
-    embedder = _embedder()
+    embedder = _embedder(embedder_choice)
     vectors = TextVectors(embedder)
     report = SimulationReport(world_p, user_p, hitl_p, embedder.name, skipped=skipped, quick=quick)
     options: dict[str, Any] = {"users": user_p}
+    loop_stats: dict[str, Any] = {}
+    if "closed_loop" in runners:
+        from closedloop.simulate.loop import LoopStats
+
+        loop_stats["stats_out"] = LoopStats()
+    sweep_arms = _sweep_arms(tuple(runners), hitl_p) if sensitivity else {}
+    if sensitivity:
+        report.sensitivity_grid = (tuple(drift), tuple(feedback))
     if progress:
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
             MofNCompleteColumn(),
-            "days",
+            "[progress.description]{task.fields[unit]}",
             TimeElapsedColumn(),
             console=console,
         ) as bar:
-            tasks = {k: bar.add_task(k, total=world_p.days) for k in runners}
+            tasks = {k: bar.add_task(k, total=world_p.days, unit="days") for k in runners}
             for key, fn in runners.items():
                 advance = _advancer(bar, tasks[key])
-                report.results[key] = _call(fn, world, vectors, **options, on_day=advance)
+                extra = loop_stats if key == "closed_loop" else {}
+                report.results[key] = _call(fn, world, vectors, **options, **extra, on_day=advance)
+                _took_stats(report, key, extra)
+            if sweep_arms:
+                runs = sweep_runs(sweep_arms, drift, feedback)
+                task = bar.add_task("sensitivity", total=runs, unit="runs")
+                report.sensitivity = sweep(
+                    vectors,
+                    world_p,
+                    user_p,
+                    sweep_arms,
+                    drift=drift,
+                    feedback=feedback,
+                    on_run=lambda *_: bar.advance(task),
+                )
     else:
         for key, fn in runners.items():
-            report.results[key] = _call(fn, world, vectors, **options)
+            extra = loop_stats if key == "closed_loop" else {}
+            report.results[key] = _call(fn, world, vectors, **options, **extra)
+            _took_stats(report, key, extra)
+        if sweep_arms:
+            report.sensitivity = sweep(
+                vectors, world_p, user_p, sweep_arms, drift=drift, feedback=feedback
+            )
     report.measures = {k: measure(r) for k, r in report.results.items()}
     report.seconds = time.perf_counter() - started
     try:
