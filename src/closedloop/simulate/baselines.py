@@ -179,8 +179,10 @@ def run_arm(
         if hook is not None:
             hook(day, interactions, assistant, result.incidents)
         for inc in result.incidents:
+            # a fix shipped tonight is live tomorrow: dated, as in the closed loop, on the
+            # first day its answers are served right
             if inc.fixed is None and inc.onset <= day and _all_valid(world, assistant, inc, day):
-                inc.fixed = day
+                inc.fixed = day + 1
         correct = sum(i.correct for i in interactions)
         result.days.append(DayRecord(day, len(interactions), correct, retention.retained_share))
         if on_day is not None:

@@ -23,10 +23,13 @@ Ground truth (:meth:`World.true_answer`, the request's intent) is read only to j
 served answers and to date incidents, in :func:`run_closed_loop`'s measuring code: the served
 answer is right iff it equals the world's right answer for the request's intent that day (for
 the assistant's own launch answers this is exactly :meth:`World.is_correct`). An incident is
-*detected* on the first day from its onset that a firing acted on an interaction of one of
-its intents, and *fixed* on the first day from its onset on which at most ``1 - fix_share``
-of its intents' requests were still served the answer the incident made wrong (a request
-the assistant misrecognises was wrong before the incident too: it is not the incident's).
+*detected* on the first day that a firing acted on an interaction the incident made wrong
+(one of its intents, from its onset, served the outdated answer), and *fixed* on the first day
+from its onset on which, of at least ``fix_min`` requests of its intents answered as those
+intents (with the outdated or the right answer), at most ``1 - fix_share`` still got the
+outdated one (a request the assistant misrecognises was wrong before the incident too: it is
+not the incident's). Fixes found at the end of a day are live the next day, so the earliest
+fix is the day after the onset, as for the baselines.
 
 Event rules read feedback in arrival order (real time), so the rule engine runs on the real
 clock; enrichment joins on arrival too. Analysis windows are over event time: it runs at the
@@ -58,7 +61,7 @@ from closedloop.simulate.assistant import Assistant, TextVectors
 from closedloop.simulate.baselines import ArmResult, DayRecord, IncidentRecord, SweepArm
 from closedloop.simulate.prompting import CANDIDATE_RULES, PROMPT, PromptChannel
 from closedloop.simulate.users import Reaction, Retention, UserParams, react
-from closedloop.simulate.world import KBEntry, Request, World
+from closedloop.simulate.world import KBEntry, World
 from closedloop.store import models
 from closedloop.types import ProjectKey
 
@@ -101,9 +104,10 @@ class LoopParams:
         assistant's (0.8: near-duplicates of a corrected request, not loose paraphrases).
     recall_k
         Entries recalled per request (3).
-    fix_share
+    fix_share, fix_min
         An incident counts as fixed on a day when at most ``1 - fix_share`` of its intents'
-        requests were served the answer it made wrong (0.95).
+        requests answered as those intents (at least ``fix_min`` of them) were served the
+        answer it made wrong (0.95 and 5: one quiet day is no evidence).
     broken_rate, broken_min, broken_jump, usual_days
         An intent's answer counts as broken tonight when at least ``broken_rate`` of its (at
         least ``broken_min``) answers today met a negative reaction, and that share is at
@@ -124,6 +128,7 @@ class LoopParams:
     min_score: float = 0.8
     recall_k: int = 3
     fix_share: float = 0.95
+    fix_min: int = 5
     broken_rate: float = 0.45
     broken_min: int = 3
     broken_jump: float = 0.25
@@ -138,6 +143,10 @@ class LoopParams:
             raise ConfigError("min_score and fix_share must lie within 0-1")
         if self.analyze_every_days < 1 or self.usual_days < 1:
             raise ConfigError("analyze_every_days and usual_days must be at least 1")
+        if self.recall_k < 1 or self.broken_min < 1 or self.fix_min < 1:
+            raise ConfigError("recall_k, broken_min and fix_min must be at least 1")
+        if not (0.0 <= self.broken_rate <= 1.0 and 0.0 <= self.broken_jump <= 1.0):
+            raise ConfigError("broken_rate and broken_jump must lie within 0-1")
 
 
 @dataclass
@@ -449,7 +458,7 @@ def run_closed_loop(
     with tempfile.TemporaryDirectory(prefix="closedloop-simulate-") as folder:
         pipeline = _Pipeline(Path(folder), lparams, vectors)
         try:
-            served_request: dict[str, Request] = {}
+            stale_served: dict[str, str] = {}  # measurement: iid -> incident it served stale
             for day in range(days):
                 start = base + dt.timedelta(days=day)
                 requests = [r for r in world.requests(day) if retention.active(r.user)]
@@ -482,6 +491,9 @@ def run_closed_loop(
                         label = owners.get(answer, "")
                     if label:
                         answer = assistant.answer(label)
+                    # ids follow the run (day, position), not the clock or a random source:
+                    # the analysis orders and samples by id, so two runs stay identical
+                    iid = f"d{day:03d}-{j:05d}"
                     # measurement only: the world's right answer judges what was served
                     truth = world.true_answer(request.intent, day)
                     ok = answer == truth
@@ -491,16 +503,16 @@ def run_closed_loop(
                     correct += ok
                     for inc in result.incidents:
                         if request.intent in inc.intents and inc.onset <= day:
+                            # only requests answered as the incident's intent are its own (a
+                            # misrecognised one was wrong before the incident too)
                             outdated = world.true_answer(request.intent, inc.onset - 1)
-                            per_incident[inc.name][0] += 1
-                            per_incident[inc.name][1] += answer == outdated
+                            if answer == outdated:
+                                per_incident[inc.name][1] += 1
+                                stale_served[iid] = inc.name
+                            per_incident[inc.name][0] += answer in (outdated, truth)
                     # what the app sends: no intent, no judgement
                     ts = start + dt.timedelta(seconds=j * step)
-                    # ids follow the run (day, position), not the clock or a random source:
-                    # the analysis orders and samples by id, so two runs stay identical
-                    iid = f"d{day:03d}-{j:05d}"
                     user = f"user-{request.user}"
-                    served_request[iid] = request
                     served_as[iid] = label
                     n, bad = reactions.get(label, (0, 0))
                     reactions[label] = (n + 1, bad + _negative(reaction))
@@ -530,20 +542,21 @@ def run_closed_loop(
                 broken = _broken(history, lparams)
                 _learn(assistant, entries, served_as, broken, held, day + 1, lparams, learning)
                 # measurement: which incidents the pipeline's actions touched today
-                for trigger in pipeline.new_firings():
-                    for iid in _trigger_ids(trigger):
-                        seen = served_request.get(iid)
-                        for inc in result.incidents:
-                            if (
-                                inc.detected is None
-                                and seen is not None
-                                and seen.intent in inc.intents
-                                and inc.onset <= day
-                            ):
-                                inc.detected = day
+                hit = {
+                    stale_served[iid]
+                    for trigger in pipeline.new_firings()
+                    for iid in _trigger_ids(trigger)
+                    if iid in stale_served
+                }
                 for inc in result.incidents:
+                    if inc.detected is None and inc.name in hit:
+                        inc.detected = day
                     total, stale = per_incident[inc.name]
-                    if inc.fixed is None and total and stale <= (1 - lparams.fix_share) * total:
+                    if (
+                        inc.fixed is None
+                        and total >= lparams.fix_min
+                        and stale <= (1 - lparams.fix_share) * total
+                    ):
                         inc.fixed = day
                 result.days.append(DayRecord(day, served, correct, retention.retained_share))
                 if on_day is not None:

@@ -147,7 +147,10 @@ def _embedder(choice: str) -> Embedder:
     (``lexical``, ``model``, ``auto`` or a plugin's name), with ``CLOSEDLOOP_EMBED_MODEL``."""
     from closedloop.settings import Settings
 
-    return load_embedder(choice, Settings().embed_model)
+    try:
+        return load_embedder(choice, Settings().embed_model)
+    except ConfigError as exc:
+        raise ConfigError(str(exc), field="embedder") from exc
 
 
 ArmFunction = Callable[..., ArmResult]
