@@ -91,7 +91,8 @@ def test_the_closed_loop_learns_from_feedback_and_beats_the_static_arm(
         world,
         vectors,
         users=USERS,
-        params=LoopParams(database_url=database_url),
+        # a tenth of the default traffic: a broken answer shows on fewer answers and edits
+        params=LoopParams(database_url=database_url, broken_min=3, refresh_votes=1),
         stats_out=stats,
     )
     served = sum(d.served for d in closed.days)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,13 +112,17 @@ class LoopParams:
     broken_rate, broken_min, broken_jump, usual_days
         An intent's answer counts as broken tonight when at least ``broken_rate`` of its (at
         least ``broken_min``) answers today met a negative reaction, and that share is at
-        least ``broken_jump`` above its share over the ``usual_days`` days before (0.45, 3,
-        0.25 and 7: a wrong answer draws a reaction ~60 % of the time, a right one ~5 %; an
-        intent that often takes in other intents' requests has a high share every day, and
-        its answer is not what is broken).
+        least ``broken_jump`` above its usual one: the median daily share over its last
+        ``usual_days`` days (0.45, 5, 0.25 and 28: a wrong answer draws a reaction ~60 % of
+        the time, a right one ~5 %; an intent that often takes in other intents' requests has
+        a high share every day, and its answer is not what is broken; a median over four
+        weeks keeps a new break compared with the healthy days for two).
     prompt_ab
         Learned examples reach the prompt only through candidates A/B tested by the
         pipeline (``True``), or the app adds them to its prompt at once (``False``).
+    refresh_votes
+        Entries that must carry the same new answer for a broken intent's answer to be
+        replaced that night (2: one user's text may belong to another intent).
     analyze_every_days
         Days between analysis runs (1; the analysis (topics, issues, quality drift) is the
         slowest stage: a longer period trades alarm latency for speed).
@@ -130,9 +135,10 @@ class LoopParams:
     fix_share: float = 0.95
     fix_min: int = 5
     broken_rate: float = 0.45
-    broken_min: int = 3
+    broken_min: int = 5
     broken_jump: float = 0.25
-    usual_days: int = 7
+    refresh_votes: int = 2
+    usual_days: int = 28
     analyze_every_days: int = 1
     prompt_ab: bool = True
     database_url: str | None = None
@@ -143,8 +149,8 @@ class LoopParams:
             raise ConfigError("min_score and fix_share must lie within 0-1")
         if self.analyze_every_days < 1 or self.usual_days < 1:
             raise ConfigError("analyze_every_days and usual_days must be at least 1")
-        if self.recall_k < 1 or self.broken_min < 1 or self.fix_min < 1:
-            raise ConfigError("recall_k, broken_min and fix_min must be at least 1")
+        if min(self.recall_k, self.broken_min, self.fix_min, self.refresh_votes) < 1:
+            raise ConfigError("recall_k, broken_min, fix_min and refresh_votes must be >= 1")
         if not (0.0 <= self.broken_rate <= 1.0 and 0.0 <= self.broken_jump <= 1.0):
             raise ConfigError("broken_rate and broken_jump must lie within 0-1")
 
@@ -347,23 +353,32 @@ def _negative(reaction: Reaction) -> bool:
     return reaction.thumbs == -1 or reaction.correction is not None or reaction.signal is not None
 
 
-def _broken(history: list[dict[str, tuple[int, int]]], params: LoopParams) -> set[str]:
-    """The intents whose answer looks broken tonight, from the app's own logs: ``history``
-    holds per day, per served intent, ``(answers, answers with a negative reaction)``."""
-    usual: dict[str, tuple[int, int]] = {}
-    for past in history[-params.usual_days - 1 : -1]:
-        for name, (n, bad) in past.items():
-            was = usual.get(name, (0, 0))
-            usual[name] = (was[0] + n, was[1] + bad)
-    out: set[str] = set()
-    for name, (n, bad) in (history[-1] if history else {}).items():
-        if n < params.broken_min or bad < params.broken_rate * n:
-            continue
-        before_n, before_bad = usual.get(name, (0, 0))
-        before = before_bad / before_n if before_n >= params.broken_min else 0.0
-        if bad / n - before >= params.broken_jump:
-            out.add(name)
-    return out
+class _Usual:
+    """Each served intent's usual share of answers that met a negative reaction, from the
+    app's own logs: the median daily share over its last ``usual_days`` days (days with at
+    least ``broken_min`` answers). A median over weeks holds its level through the first
+    days of a break, so an answer that breaks is compared with its healthy days for a while;
+    an intent that takes in other intents' requests every day has a high usual share."""
+
+    def __init__(self, params: LoopParams) -> None:
+        self.params = params
+        self.past: dict[str, deque[float]] = {}
+
+    def broken(self, today: dict[str, tuple[int, int]]) -> set[str]:
+        """The intents whose answer looks broken tonight (``today``: per served intent,
+        ``(answers, answers with a negative reaction)``); then remember today."""
+        p = self.params
+        out: set[str] = set()
+        for name, (n, bad) in today.items():
+            if n < p.broken_min:
+                continue
+            share = bad / n
+            past = self.past.get(name)
+            usual = float(np.median(past)) if past else 0.0
+            if share >= p.broken_rate and share - usual >= p.broken_jump:
+                out.add(name)
+            self.past.setdefault(name, deque(maxlen=p.usual_days)).append(share)
+        return out
 
 
 def _owners(assistant: Assistant, held: dict[str, str]) -> dict[str, str]:
@@ -390,33 +405,46 @@ def _learn(
 
     * an entry whose answer is the assistant's answer of another intent teaches the prompt
       that the query means that intent (a new example: the prompt candidate);
-    * an answer the assistant does not know replaces the answer of the intent it predicted,
-      when that intent's answers drew negative reactions today (a broken answer: the
-      knowledge-base refresh), and otherwise becomes a new entry with the query as its first
-      example (a new use of the product).
+    * the answer of an intent that looks broken tonight (:class:`_Usual`) is replaced by the
+      answer most of the entries on its interactions carry, when at least
+      ``refresh_votes`` do and no other answer ties (the knowledge-base refresh; an answer
+      the intent once had restores it);
+    * an answer the assistant does not know, on an intent that is not broken, becomes a new
+      entry with the query as its first example (a new use of the product).
     """
+    own = _owners(assistant, held)
+    # refreshes: a broken answer takes the answer most of its users wrote tonight (a request
+    # misrecognised as that intent carries another intent's answer: one vote, outvoted)
+    votes: dict[str, Counter[str]] = {}
+    for iid, _query, answer in entries:
+        predicted = served_as.get(iid, "")
+        if predicted not in broken or predicted.startswith(_NEW):
+            continue
+        known = own.get(answer)
+        if known is None or known.startswith(_NEW) or known == predicted:
+            if assistant.answer(predicted) != answer:
+                votes.setdefault(predicted, Counter())[answer] += 1
+    for predicted, counts in votes.items():
+        ranked = counts.most_common(2)
+        best, n = ranked[0]
+        if n >= params.refresh_votes and (len(ranked) == 1 or n > ranked[1][1]):
+            assistant.set_answer(predicted, KBEntry(best, day))
+            stats.refreshed_answers += 1
     own = _owners(assistant, held)
     examples: list[tuple[str, str]] = []
     for iid, query, answer in entries:
         predicted = served_as.get(iid, "")
         known = own.get(answer)
-        is_broken = predicted in broken
-        if known is not None and not (is_broken and known.startswith(_NEW)):
+        if known is not None:
             if known != predicted:
                 examples.append((query, known))
-            elif is_broken and assistant.answer(predicted) != answer:
-                # users keep writing an answer this intent once had: restore it
-                assistant.set_answer(predicted, KBEntry(answer, day))
-                stats.refreshed_answers += 1
             continue
-        if predicted and not predicted.startswith(_NEW) and is_broken:
-            assistant.set_answer(predicted, KBEntry(answer, day))
-            stats.refreshed_answers += 1
-        elif known is None:
-            label = f"{_NEW}{answer}"
-            assistant.set_answer(label, KBEntry(answer, day))
-            examples.append((query, label))
-            stats.new_answers += 1
+        if predicted in broken and not predicted.startswith(_NEW):
+            continue  # users of a broken answer did not agree on its fix tonight: wait
+        label = f"{_NEW}{answer}"
+        assistant.set_answer(label, KBEntry(answer, day))
+        examples.append((query, label))
+        stats.new_answers += 1
         own = _owners(assistant, held)
     if examples and not params.prompt_ab:
         assistant.add_examples(examples)
@@ -453,7 +481,7 @@ def run_closed_loop(
     model = {"name": "knn-assistant", "version": assistant.model_version}
     learning = LoopStats()
     served_as: dict[str, str] = {}
-    history: list[dict[str, tuple[int, int]]] = []
+    usual = _Usual(lparams)
     held: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="closedloop-simulate-") as folder:
         pipeline = _Pipeline(Path(folder), lparams, vectors)
@@ -476,7 +504,6 @@ def run_closed_loop(
                 served = correct = 0
                 per_incident = {inc.name: [0, 0] for inc in result.incidents}
                 reactions: dict[str, tuple[int, int]] = {}
-                history.append(reactions)
                 step = 86_000.0 / max(len(requests), 1)
                 for j, request in enumerate(requests):
                     if not retention.active(request.user):
@@ -539,7 +566,7 @@ def run_closed_loop(
                 if lparams.prompt_ab:
                     pipeline.prompts.evaluate()
                 entries = pipeline.new_entries()
-                broken = _broken(history, lparams)
+                broken = usual.broken(reactions)
                 _learn(assistant, entries, served_as, broken, held, day + 1, lparams, learning)
                 # measurement: which incidents the pipeline's actions touched today
                 hit = {

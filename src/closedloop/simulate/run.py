@@ -293,8 +293,11 @@ def simulate(
             TimeElapsedColumn(),
             console=console,
         ) as bar:
-            tasks = {k: bar.add_task(k, total=world_p.days, unit="days") for k in runners}
+            tasks = {
+                k: bar.add_task(k, total=world_p.days, unit="days", start=False) for k in runners
+            }
             for key, fn in runners.items():
+                bar.start_task(tasks[key])  # each arm's clock runs from its own start
                 advance = _advancer(bar, tasks[key])
                 extra = loop_stats if key == "closed_loop" else {}
                 report.results[key] = _call(fn, world, vectors, **options, **extra, on_day=advance)
