@@ -7,16 +7,19 @@ What the arm sees is what a real deployment sees, and only that: the interaction
 and the users' feedback and signals. Each day
 
 1. the app answers every request: it first recalls the request text from the project's
-   knowledge base (:func:`closedloop.act.knowledge.recall_many`); a confident hit's answer is
-   served, otherwise the nearest-neighbour assistant answers from its prompt and its own KB;
-2. every interaction (input, output, model, prompt, user, session) and every reaction
-   (thumbs, correction, edit / rephrase / abandon signal) goes through
-   ``runtime.ingestor.ingest`` (the one ingest path, the SDK's embedded mode's too), stamped
-   on a virtual clock: simulated day ``d`` is ``base + d days``;
-3. enrichment, analysis (quality drift, issues; run at the virtual end of the day) and the
-   rule engine run; the loop's rules fire real actions: ``kb_refresh`` on each corrected
-   thumbs-down (recalled from the next day on), and ``review`` tasks on each drift
-   alarm (quality, input, topic mix, emerging topics);
+   knowledge base (:func:`closedloop.act.knowledge.recall_many`); a confident hit is served
+   (as its intent's current answer when the hit's answer names one), otherwise the
+   nearest-neighbour assistant answers, with the prompt version the registry serves the
+   user (production, or the candidate of a running A/B test: :mod:`.prompting`);
+2. every interaction (input, output, model, prompt version, user; the app is single-turn,
+   so no session) and every reaction (thumbs, correction, edit / rephrase / abandon signal)
+   goes through ``runtime.ingestor.ingest`` (the one ingest path, the SDK's embedded mode's
+   too), stamped on a virtual clock: simulated day ``d`` is ``base + d days``;
+3. enrichment, embeddings, analysis (topics, issues, quality and input drift; run at the
+   virtual end of the day), the rule engine and the A/B evaluator run; the loop's rules
+   fire real actions: ``kb_refresh`` on each edit and each corrected thumbs-down (recalled
+   from the next day on), ``prompt_candidate`` on corrections (tested on half of the users),
+   and ``review`` tasks on each drift alarm;
 4. the app applies the new knowledge-base entries to its assistant (see :func:`_learn`).
 
 Ground truth (:meth:`World.true_answer`, the request's intent) is read only to judge the
