@@ -170,11 +170,11 @@ async def test_a_candidate_learns_the_issue_corrections(
     assert "no production version" in missing.run(trigger).summary
 
 
-async def test_a_candidate_action_leaves_a_running_test_to_decide_unless_told_to_replace_it(
+async def _corrected_support(
     client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
-) -> None:
-    engine, pid = runtime.engine, tenant.project_id
-    registry.create_version(engine, pid, "support", "Answer: {q}")
+) -> Trigger:
+    """Prompt ``support`` v1 with one corrected thumbs-down, and a rule's trigger on it."""
+    registry.create_version(runtime.engine, tenant.project_id, "support", "Answer: {q}")
     await post(
         client,
         tenant,
@@ -182,14 +182,21 @@ async def test_a_candidate_action_leaves_a_running_test_to_decide_unless_told_to
         feedback("f-1", "i-1", thumbs=-1, correction="Refunds only within 30 days."),
     )
     runtime.enricher.run()
-    trigger = Trigger(
-        project_id=pid,
+    return Trigger(
+        project_id=tenant.project_id,
         rule="corrections-to-prompt",
         kind="event",
         segment="prompt=support@1",
         fired_at=utcnow(),
         prompt="support",
     )
+
+
+async def test_a_candidate_action_leaves_a_running_test_to_decide_unless_told_to_replace_it(
+    client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
+) -> None:
+    engine, pid = runtime.engine, tenant.project_id
+    trigger = await _corrected_support(client, runtime, tenant)
 
     def action(**params: Any) -> PromptCandidateAction:
         return PromptCandidateAction(PromptCandidateParams(**params), runtime.act_context())
@@ -215,22 +222,7 @@ async def test_a_candidate_action_whose_max_samples_the_settings_refuse_builds_n
     client: httpx.AsyncClient, runtime: Runtime, tenant: Tenant
 ) -> None:
     engine, pid = runtime.engine, tenant.project_id
-    registry.create_version(engine, pid, "support", "Answer: {q}")
-    await post(
-        client,
-        tenant,
-        interaction("i-1", "refund after 40 days?", "1"),
-        feedback("f-1", "i-1", thumbs=-1, correction="Refunds only within 30 days."),
-    )
-    runtime.enricher.run()
-    trigger = Trigger(
-        project_id=pid,
-        rule="corrections-to-prompt",
-        kind="event",
-        segment="prompt=support@1",
-        fired_at=utcnow(),
-        prompt="support",
-    )
+    trigger = await _corrected_support(client, runtime, tenant)
     least = runtime.settings.ab_min_samples
 
     def action(max_samples: int) -> PromptCandidateAction:
